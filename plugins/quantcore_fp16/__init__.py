@@ -1,0 +1,71 @@
+"""The built-in FP16 scheme: weights stored in float16 (half the bytes), computed in the input's
+dtype so a CPU without fast fp16 math never runs slower than fp32."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+import quantcore
+from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+
+FORMAT = "fp16"
+_FP16_MAX = torch.finfo(torch.float16).max
+
+LAYER_SPECS = {
+    "linear": LayerSpec(
+        weight=WeightSpec(Granularity.NONE, symmetric=True, observer=None),
+        activation=None,
+        reason="float16 needs no scale; activations stay in the caller's dtype",
+    ),
+}
+
+
+def quantize_weight(
+    weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
+) -> QuantizedWeight:
+    if not bool(torch.isfinite(weight).all()):
+        raise quantcore.LayerSkipped("weight contains NaN or Inf")
+    if weight.numel() and float(weight.abs().max()) > _FP16_MAX:
+        raise quantcore.LayerSkipped(f"weight values exceed the float16 range (±{_FP16_MAX:g})")
+    return QuantizedWeight(FORMAT, weight.to(torch.float16), spec=spec)
+
+
+def dequantize_weight(weight: QuantizedWeight) -> torch.Tensor:
+    return weight.data.to(torch.float32)
+
+
+def prepare_reference_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:
+    weight, bias = request.weight.data, request.bias
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    return linear
+
+
+@quantcore.hookimpl
+def quantcore_schemes() -> Iterator[quantcore.Scheme]:
+    yield quantcore.Scheme(
+        name="fp16",
+        weight_format=FORMAT,
+        layer_specs=LAYER_SPECS,
+        quantize_weight=quantize_weight,
+        dequantize_weight=dequantize_weight,
+        description="FP16: float16 weights, computed in the input's dtype",
+        aliases=("float16", "half"),
+    )
+
+
+@quantcore.hookimpl
+def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
+    yield quantcore.KernelBackend(
+        name="fp16-linear-reference",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=prepare_reference_linear,
+        reference=True,
+        description="upcast float16 weights to the input's dtype, then the float matmul",
+    )

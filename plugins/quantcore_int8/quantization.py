@@ -1,0 +1,93 @@
+"""INT8 arithmetic on plain tensors: int8 values plus float32 scales (and int32 zero points for
+asymmetric parameters). No quantized dtypes, no torch.ao."""
+
+from __future__ import annotations
+
+import torch
+
+import quantcore
+from quantcore import ActivationSpec, Granularity, QuantizedWeight, WeightSpec
+
+FORMAT = "int8"
+SYMMETRIC_RANGE = (-127, 127)  # restricted range: -128 has no positive twin, so signs stay exact
+ASYMMETRIC_RANGE = (-128, 127)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    """Reshape per-slice values so they broadcast against ``like`` along ``axis``."""
+    if values.dim() == 0:
+        return values
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def quantize_weight(
+    weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
+) -> QuantizedWeight:
+    """Quantize a weight once, ahead of time."""
+    if observer is None:
+        raise quantcore.LayerSkipped("the int8 scheme needs an observer for weights")
+    if not bool(torch.isfinite(weight).all()):
+        raise quantcore.LayerSkipped("weight contains NaN or Inf; int8 cannot represent it")
+    qmin, qmax = SYMMETRIC_RANGE if spec.symmetric else ASYMMETRIC_RANGE
+    axis = spec.axis % weight.dim() if weight.dim() else 0
+    params = observer.compute(
+        weight, granularity=spec.granularity, axis=axis, symmetric=spec.symmetric, qmin=qmin, qmax=qmax
+    )
+    scale = params.scale.to(torch.float32)
+    q = (weight.to(torch.float32) / _broadcast(scale, weight, axis)).round_()
+    zero_point = None
+    if params.zero_point is not None:
+        zero_point = params.zero_point.to(torch.int32)
+        q.add_(_broadcast(zero_point, weight, axis))
+    data = q.clamp_(qmin, qmax).to(torch.int8)
+    return QuantizedWeight(FORMAT, data, scale=scale, zero_point=zero_point, spec=spec)
+
+
+def dequantize_weight(weight: QuantizedWeight) -> torch.Tensor:
+    """float32 values of a quantized weight: the reference every kernel is checked against."""
+    assert weight.scale is not None
+    axis = weight.spec.axis % weight.data.dim() if weight.spec and weight.data.dim() else 0
+    values = weight.data.to(torch.float32)
+    if weight.zero_point is not None:
+        values = values - _broadcast(weight.zero_point, values, axis)
+    return values * _broadcast(weight.scale, values, axis)
+
+
+def quantize_activation(
+    x: torch.Tensor, spec: ActivationSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize an input on the fly: int8 values, scales (broadcastable) and optional zero points.
+
+    Per token means one scale per row of the input flattened to [tokens, features].
+    """
+    xf = x.to(torch.float32)
+    if spec.granularity is Granularity.PER_TOKEN:
+        dims: tuple[int, ...] = (-1,)
+    elif spec.granularity is Granularity.PER_TENSOR:
+        dims = tuple(range(x.dim()))
+    else:
+        raise ValueError(f"int8 activations support per_token or per_tensor, not {spec.granularity}")
+    if spec.symmetric:
+        bound = xf.abs().amax(dim=dims, keepdim=True)
+        scale = (bound / SYMMETRIC_RANGE[1]).clamp_min(_TINY)
+        q = torch.round(xf / scale).clamp_(*SYMMETRIC_RANGE).to(torch.int8)
+        return q, scale, None
+    low = xf.amin(dim=dims, keepdim=True).clamp_max(0)
+    high = xf.amax(dim=dims, keepdim=True).clamp_min(0)
+    qmin, qmax = ASYMMETRIC_RANGE
+    scale = ((high - low) / (qmax - qmin)).clamp_min(_TINY)
+    zero_point = (qmin - torch.round(low / scale)).clamp_(qmin, qmax)
+    q = (torch.round(xf / scale) + zero_point).clamp_(qmin, qmax).to(torch.int8)
+    return q, scale, zero_point
+
+
+def fake_quantize_activation(x: torch.Tensor, spec: ActivationSpec) -> torch.Tensor:
+    """What the activation looks like after the quantize/dequantize round trip, in float32."""
+    q, scale, zero_point = quantize_activation(x, spec)
+    values = q.to(torch.float32)
+    if zero_point is not None:
+        values = values - zero_point
+    return values * scale

@@ -1,0 +1,96 @@
+"""Built-in layer mappers: which layers are quantized and what replaces them.
+
+Mappers are format-agnostic: the scheme quantizes the weights, kernel backends registered for the
+scheme's format run them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+import quantcore
+from quantcore import ConversionContext
+from quantcore_layers.modules import QuantizedLinear, QuantizedModule
+
+__all__ = ["QuantizedLinear", "QuantizedModule"]
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and not isinstance(module, QuantizedModule)
+
+
+def convert_linear(module: nn.Module, ctx: ConversionContext) -> nn.Module:
+    assert isinstance(module, nn.Linear)
+    if type(module).forward is not nn.Linear.forward:
+        ctx.note(f"{type(module).__name__} overrides forward; replaced by a plain quantized linear")
+    weight = ctx.quantize_weight(module.weight)
+    bias = None if module.bias is None else ctx.clone(module.bias)
+    return QuantizedLinear(
+        module.in_features,
+        module.out_features,
+        weight,
+        bias,
+        ctx.spec.activation,
+        ctx.kernel_candidates("linear"),
+    )
+
+
+def linear_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """Prefixes whose tensors look like a linear layer: a 2-D float ``weight`` and maybe a ``bias``."""
+    for key, tensor in state_dict.items():
+        if not key.endswith("weight") or (key != "weight" and not key.endswith(".weight")):
+            continue
+        if tensor.dim() != 2 or not tensor.is_floating_point():
+            continue
+        prefix = key[: -len("weight")]
+        bias = state_dict.get(prefix + "bias")
+        if bias is not None and tuple(bias.shape) != (tensor.shape[0],):
+            continue
+        yield prefix
+
+
+def convert_linear_state_dict(
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: ConversionContext
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if "bias" in tensors:
+        out["bias"] = ctx.clone(tensors["bias"])
+    out.update(ctx.quantize_weight(tensors["weight"]).tensors("weight"))
+    extra = sorted(set(tensors) - {"weight", "bias"})
+    for key in extra:
+        out[key] = ctx.clone(tensors[key])
+    return out
+
+
+def _is_normalization(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return (
+        "Norm" in type(module).__name__
+        and bool(params)
+        and all(p.dim() <= 1 for p in params)
+    )
+
+
+@quantcore.hookimpl
+def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
+    yield quantcore.LayerMapper(
+        name="linear",
+        layer_kind="linear",
+        matches=_is_linear,
+        convert=convert_linear,
+        priority=100,
+        description="torch.nn.Linear and its subclasses",
+        state_dict_layers=linear_state_dict_layers,
+        convert_state_dict=convert_linear_state_dict,
+    )
+    yield quantcore.LayerMapper(
+        name="normalization",
+        layer_kind="normalization",
+        matches=_is_normalization,
+        keep_reason="normalization layers stay in float: few parameters, sensitive to precision",
+        priority=-100,
+        description="LayerNorm, RMSNorm, BatchNorm, GroupNorm and similar *Norm layers",
+    )

@@ -1,0 +1,120 @@
+"""Quantized replacement modules. They hold plain tensors (so ``state_dict`` is plain) and run
+through a kernel backend chosen for their device; the choice is redone when they move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+import quantcore
+from quantcore import ActivationSpec, KernelBackend, KernelRequest, QuantizedWeight, WeightSpec
+
+
+def select_kernel(
+    backends: tuple[KernelBackend, ...], request: KernelRequest
+) -> tuple[KernelBackend, Callable[..., torch.Tensor]]:
+    """The first available backend that supports ``request`` (the reference one comes last)."""
+    for backend in backends:
+        if backend.is_available() and backend.supports(request):
+            return backend, backend.prepare(request)
+    names = ", ".join(b.name for b in backends) or "none registered"
+    raise quantcore.LayerSkipped(
+        f"no kernel backend for {request.op} on {request.weight.format} weights on "
+        f"{request.device} (candidates: {names})"
+    )
+
+
+class QuantizedModule(nn.Module):
+    """Base of the quantized layers: keeps the kernel in step with the tensors' device."""
+
+    kernel_name: str
+
+    def __init__(self, op: str, backends: tuple[KernelBackend, ...]) -> None:
+        super().__init__()
+        self._op = op
+        self._backends = backends
+        self._kernel: Callable[..., torch.Tensor] | None = None
+        self.kernel_name = ""
+        self.register_load_state_dict_post_hook(_reprepare_after_load)
+
+    def _kernel_request(self) -> KernelRequest:
+        raise NotImplementedError
+
+    def _prepare_kernel(self) -> None:
+        backend, self._kernel = select_kernel(self._backends, self._kernel_request())
+        self.kernel_name = backend.name
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantizedModule:
+        super()._apply(fn, recurse)
+        self._prepare_kernel()
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_kernel"] = None  # prepared kernels may hold closures or packed weights
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._prepare_kernel()
+
+
+def _reprepare_after_load(module: nn.Module, _keys: Any) -> None:
+    if isinstance(module, QuantizedModule):
+        module._prepare_kernel()
+
+
+def register_weight(module: nn.Module, weight: QuantizedWeight, name: str = "weight") -> None:
+    for key, tensor in weight.tensors(name).items():
+        module.register_buffer(key, tensor)
+
+
+class QuantizedLinear(QuantizedModule):
+    """Drop-in for ``nn.Linear``: ``weight`` holds the quantized values, ``weight_scale`` (and
+    ``weight_zero_point``) their parameters; ``bias`` stays float."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        weight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        activation: ActivationSpec | None,
+        backends: tuple[KernelBackend, ...],
+    ) -> None:
+        super().__init__("linear", backends)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight_format = weight.format
+        self.weight_spec: WeightSpec | None = weight.spec
+        self.activation = activation
+        register_weight(self, weight)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self._prepare_kernel()
+
+    def quantized_weight(self) -> QuantizedWeight:
+        buffers: Mapping[str, torch.Tensor] = self._buffers  # type: ignore[assignment]
+        return QuantizedWeight(
+            self.weight_format,
+            buffers["weight"],
+            scale=buffers.get("weight_scale"),
+            zero_point=buffers.get("weight_zero_point"),
+            spec=self.weight_spec,
+        )
+
+    def _kernel_request(self) -> KernelRequest:
+        weight = self.quantized_weight()
+        return KernelRequest("linear", weight, self.bias, self.activation, weight.data.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._kernel is not None
+        return self._kernel(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, format={self.weight_format}, kernel={self.kernel_name}"
+        )

@@ -1,0 +1,69 @@
+"""What a layer mapper gets when it converts one layer: the scheme's decision for that layer and
+the tools to apply it, so mappers never reach into the plugin manager themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from quantcore.errors import LayerSkipped
+from quantcore.plugin_manager import Registry
+from quantcore.registrations import KernelBackend, Scheme
+from quantcore.specs import LayerSpec, QuantizedWeight, WeightSpec
+
+
+@dataclass
+class SharedState:
+    """Memo shared by all layers of one quantize() call, so shared tensors stay shared."""
+
+    weights: dict[tuple[int, WeightSpec, str], QuantizedWeight] = field(default_factory=dict)
+    clones: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ConversionContext:
+    """The per-layer view handed to :attr:`LayerMapper.convert` and ``convert_state_dict``."""
+
+    layer_name: str
+    layer_kind: str
+    scheme: Scheme
+    spec: LayerSpec
+    registry: Registry
+    shared: SharedState = field(default_factory=SharedState)
+    notes: list[str] = field(default_factory=list)
+
+    def quantize_weight(self, weight: torch.Tensor, spec: WeightSpec | None = None) -> QuantizedWeight:
+        """Quantize ``weight`` with this layer's scheme; the same tensor quantized twice is shared."""
+        spec = spec or self.spec.weight
+        if weight.is_meta:
+            raise LayerSkipped("weight is on the meta device (no values to quantize)")
+        if not weight.is_floating_point():
+            raise LayerSkipped(f"weight dtype {weight.dtype} is not a floating-point type")
+        if weight.numel() == 0:
+            raise LayerSkipped("weight is empty")
+        key = (id(weight), spec, self.scheme.name)
+        cached = self.shared.weights.get(key)
+        if cached is not None:
+            return cached
+        observer = self.registry.observer(spec.observer) if spec.observer else None
+        with torch.no_grad():
+            quantized = self.scheme.quantize_weight(weight.detach(), spec, observer)
+        self.shared.weights[key] = quantized
+        return quantized
+
+    def clone(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An independent copy of a float tensor the new layer keeps (a bias, say), shared if reused."""
+        cached = self.shared.clones.get(id(tensor))
+        if cached is None:
+            cached = tensor.detach().clone()
+            self.shared.clones[id(tensor)] = cached
+        return cached
+
+    def kernel_candidates(self, op: str, weight_format: str | None = None) -> tuple[KernelBackend, ...]:
+        """Kernel backends for ``op`` on this scheme's weight format, preferred first."""
+        return self.registry.kernel_candidates(op, weight_format or self.scheme.weight_format)
+
+    def note(self, message: str) -> None:
+        """Attach a remark to this layer's line in the report."""
+        self.notes.append(message)

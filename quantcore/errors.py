@@ -1,0 +1,135 @@
+"""quantcore's exception and warning hierarchy.
+
+Every error quantcore raises on purpose derives from :class:`QuantcoreError`, so callers can catch one
+type. Messages name the problem and the fix; the attributes carry the same facts for programs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean ...?)' suffix for error messages, or '' when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+class QuantcoreError(Exception):
+    """Base class of every error raised by quantcore."""
+
+
+class PluginError(QuantcoreError):
+    """A plugin could not be loaded or provided something unusable."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin failed to import or its hook raised (raised for first-party plugins and in strict mode)."""
+
+    def __init__(self, plugin: str, distribution: str, error: BaseException | str) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        self.error = error
+        super().__init__(
+            f"plugin {plugin!r} from distribution {distribution!r} failed: {error}. "
+            f"Disable it with QUANTCORE_DISABLE_PLUGINS={plugin} or disable_plugins=[{plugin!r}], "
+            "or reinstall the distribution."
+        )
+
+
+class InvalidRegistrationError(PluginError):
+    """A hook yielded something that is not the registration type its hook specification promises."""
+
+
+class PluginConflictError(PluginError):
+    """Two plugins registered the same name for the same extension point."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.providers = (first, second)
+        super().__init__(
+            f"{kind} {name!r} is registered twice: by {first} and by {second}. "
+            "Disable one of them (QUANTCORE_DISABLE_PLUGINS or disable_plugins=...)."
+        )
+
+
+class UnknownSchemeError(QuantcoreError, ValueError):
+    """The requested dtype/scheme is not provided by any loaded plugin."""
+
+    def __init__(self, name: str, available: dict[str, str]) -> None:
+        self.name = name
+        self.available = dict(available)
+        if not available:
+            detail = (
+                "no quantization schemes are available because no quantcore plugin is loaded. "
+                "Reinstall quantcore (its built-in plugins register through entry points) and check "
+                "that QUANTCORE_DISABLE_PLUGINS does not disable them"
+            )
+        else:
+            listed = ", ".join(f"{n!r} (from {p})" for n, p in sorted(available.items()))
+            detail = f"available: {listed}{did_you_mean(name, available)}"
+        super().__init__(f"unknown dtype/scheme {name!r}: {detail}")
+
+
+class UnknownObserverError(QuantcoreError, ValueError):
+    """A scheme or override names an observer that no loaded plugin provides."""
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(
+            f"unknown observer {name!r}; available: {', '.join(self.available) or 'none'}"
+            f"{did_you_mean(name, self.available)}"
+        )
+
+
+class UnsupportedInputError(QuantcoreError, TypeError):
+    """No input adapter accepts the object passed to :func:`quantcore.quantize`."""
+
+    def __init__(self, received: str, tried: Iterable[str], hint: str = "") -> None:
+        self.received = received
+        self.tried = tuple(tried)
+        tried_text = ", ".join(self.tried) if self.tried else "none (no input adapter is loaded)"
+        super().__init__(
+            f"cannot quantize {received}: no input adapter accepts it (tried: {tried_text}). "
+            + (hint or "Pass a torch.nn.Module or a state dict (a mapping of names to tensors).")
+        )
+
+
+class NothingToQuantizeError(QuantcoreError):
+    """Raised only where the caller asked for it (strict selection); normally an empty plan is reported."""
+
+
+class LayerSkipped(QuantcoreError):
+    """Raised by a layer mapper or scheme to say this one layer cannot be quantized, and why.
+
+    quantcore catches it, keeps the layer in float, and lists it as skipped with ``reason``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class LayerQuantizationError(QuantcoreError):
+    """Quantizing one layer failed unexpectedly. The caller's model is untouched."""
+
+    def __init__(self, layer: str, layer_type: str, cause: BaseException) -> None:
+        self.layer = layer
+        self.layer_type = layer_type
+        self.cause = cause
+        super().__init__(
+            f"quantizing layer {layer or '<root>'!r} ({layer_type}) failed: "
+            f"{type(cause).__name__}: {cause}. The original model was not modified; exclude this "
+            f"layer (exclude=[{layer!r}]) to quantize the rest."
+        )
+
+
+class QuantcoreWarning(UserWarning):
+    """Base class of quantcore's warnings."""
+
+
+class PluginLoadWarning(QuantcoreWarning):
+    """A third-party plugin was skipped because it failed to load or misbehaved."""

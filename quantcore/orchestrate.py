@@ -1,0 +1,310 @@
+"""Model-agnostic orchestration: adapt the input, plan which mapper handles which layer, convert
+each planned layer, assemble the quantized copy and the report.
+
+The caller's objects are only read. The copy shares no tensor with the original and is built
+without deep-copying the model: containers are copied shallowly, float tensors that stay float
+are cloned, and quantized layers are built fresh from the original weights one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from quantcore.context import ConversionContext, SharedState
+from quantcore.errors import LayerQuantizationError, LayerSkipped, QuantcoreError
+from quantcore.plugin_manager import Registry
+from quantcore.registrations import LayerMapper, Scheme
+from quantcore.report import LayerReport
+
+logger = logging.getLogger("quantcore")
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes held by ``tensors``, counting storage shared between them once."""
+    seen: set[tuple[int, str]] = set()
+    total = 0
+    for t in tensors:
+        if t.is_meta:
+            total += t.numel() * t.element_size()
+            continue
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), str(t.device))
+        if key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def module_bytes(module: nn.Module) -> int:
+    return tensor_bytes([*module.parameters(), *module.buffers()])
+
+
+def own_float_parameters(module: nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters(recurse=False) if p.is_floating_point()]
+
+
+def is_excluded(name: str, patterns: Sequence[str]) -> str | None:
+    """The first pattern that excludes layer ``name`` (or one of its parents), else None."""
+    parts = name.split(".") if name else []
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
+            return pattern
+    return None
+
+
+@dataclass
+class _Planned:
+    name: str
+    module: nn.Module
+    mapper: LayerMapper
+
+
+def _find_mapper(module: nn.Module, registry: Registry) -> LayerMapper | None:
+    for mapper in registry.layer_mappers:
+        if mapper.matches(module):
+            return mapper
+    return None
+
+
+def _layer_report(name: str, module: nn.Module, **fields: object) -> LayerReport:
+    return LayerReport(name=name, layer_type=type(module).__name__, **fields)  # type: ignore[arg-type]
+
+
+def quantize_module(
+    root: nn.Module,
+    scheme: Scheme,
+    registry: Registry,
+    *,
+    exclude: Sequence[str] = (),
+) -> tuple[nn.Module, list[LayerReport]]:
+    """Return a quantized copy of ``root`` and a report line for every layer holding float weights."""
+    reports: dict[str, LayerReport] = {}
+    planned: list[_Planned] = []
+    handled: list[str] = []  # prefixes whose subtree is already decided
+
+    def inside_handled(name: str) -> bool:
+        return any(name == h or name.startswith(h + ".") or h == "" for h in handled)
+
+    for name, module in root.named_modules():
+        if handled and inside_handled(name):
+            continue
+        mapper = _find_mapper(module, registry)
+        pattern = is_excluded(name, exclude)
+        if pattern is not None:
+            if mapper is not None or own_float_parameters(module):
+                reports[name] = _layer_report(
+                    name, module, status="skipped", reason=f"excluded by pattern {pattern!r}",
+                    layer_kind=mapper.layer_kind if mapper else None,
+                )
+                handled.append(name)
+            continue
+        if mapper is None:
+            if own_float_parameters(module):
+                reports[name] = _layer_report(
+                    name, module, status="skipped",
+                    reason=f"no mapper for {type(module).__name__}",
+                    bytes_before=tensor_bytes(own_float_parameters(module)),
+                )
+            continue
+        handled.append(name)
+        if mapper.keep_reason is not None:
+            reports[name] = _layer_report(
+                name, module, status="kept", layer_kind=mapper.layer_kind, mapper=mapper.name,
+                reason=mapper.keep_reason,
+            )
+            continue
+        if mapper.layer_kind not in scheme.layer_specs:
+            reports[name] = _layer_report(
+                name, module, status="skipped", layer_kind=mapper.layer_kind, mapper=mapper.name,
+                reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
+            )
+            continue
+        planned.append(_Planned(name, module, mapper))
+
+    shared = SharedState()
+    replacements: dict[int, nn.Module] = {}
+    for item in planned:
+        spec = scheme.layer_specs[item.mapper.layer_kind]
+        ctx = ConversionContext(item.name, item.mapper.layer_kind, scheme, spec, registry, shared)
+        assert item.mapper.convert is not None
+        try:
+            new_module = item.mapper.convert(item.module, ctx)
+        except LayerSkipped as skip:
+            reports[item.name] = _layer_report(
+                item.name, item.module, status="skipped", layer_kind=item.mapper.layer_kind,
+                mapper=item.mapper.name, reason=skip.reason,
+            )
+            logger.info("layer %s skipped: %s", item.name, skip.reason)
+            continue
+        except QuantcoreError:
+            raise
+        except Exception as exc:
+            raise LayerQuantizationError(item.name, type(item.module).__name__, exc) from exc
+        replacements[id(item.module)] = new_module
+        reports[item.name] = _layer_report(
+            item.name, item.module, status="quantized", layer_kind=item.mapper.layer_kind,
+            scheme=scheme.name, granularity=spec.describe(), mapper=item.mapper.name,
+            kernel=getattr(new_module, "kernel_name", None),
+            bytes_before=module_bytes(item.module), bytes_after=module_bytes(new_module),
+            notes=tuple(ctx.notes),
+        )
+
+    quantized = _copy_tree(root, replacements, shared)
+    quantized.eval()
+    order = {name: i for i, (name, _) in enumerate(root.named_modules())}
+    return quantized, sorted(reports.values(), key=lambda r: order.get(r.name, 0))
+
+
+def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState) -> nn.Module:
+    """Copy the module tree: replaced modules swapped in, everything else shallow-copied with
+    cloned tensors. Modules and tensors that appear twice in the original appear twice here."""
+    memo: dict[int, nn.Module] = {}
+
+    def clone_tensor(t: torch.Tensor) -> torch.Tensor:
+        cached = shared.clones.get(id(t))
+        if cached is None:
+            data = t.detach().clone()
+            cached = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
+            shared.clones[id(t)] = cached
+        return cached
+
+    def copy_module(module: nn.Module) -> nn.Module:
+        if id(module) in memo:
+            return memo[id(module)]
+        replacement = replacements.get(id(module))
+        if replacement is not None:
+            new = replacement
+            for attr in ("_forward_hooks", "_forward_pre_hooks"):
+                getattr(new, attr).update(getattr(module, attr))
+        else:
+            new = copy.copy(module)
+            new._parameters = OrderedDict(
+                (k, None if p is None else clone_tensor(p)) for k, p in module._parameters.items()
+            )
+            new._buffers = OrderedDict(
+                (k, None if b is None else clone_tensor(b)) for k, b in module._buffers.items()
+            )
+            new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
+            for attr in _HOOK_DICTS:
+                if attr in module.__dict__:
+                    new.__dict__[attr] = OrderedDict(module.__dict__[attr])
+            new._modules = OrderedDict()
+        memo[id(module)] = new
+        if replacement is None:
+            for key, child in module._modules.items():
+                new._modules[key] = None if child is None else copy_module(child)
+        return new
+
+    return copy_module(root)
+
+
+def quantize_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    scheme: Scheme,
+    registry: Registry,
+    *,
+    exclude: Sequence[str] = (),
+) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
+    """Quantize a bare state dict: mappers recognize layers from tensor names and shapes."""
+    remaining = dict(state_dict)
+    output: dict[str, torch.Tensor] = {}
+    reports: list[LayerReport] = []
+    shared = SharedState()
+
+    for mapper in registry.layer_mappers:
+        if mapper.state_dict_layers is None or mapper.convert_state_dict is None:
+            continue
+        for prefix in list(mapper.state_dict_layers(remaining)):
+            tensors = {
+                key[len(prefix):]: t
+                for key, t in remaining.items()
+                if key.startswith(prefix) and "." not in key[len(prefix):]
+            }
+            if not tensors:
+                continue
+            name = prefix.rstrip(".")
+            layer_type = f"<{mapper.layer_kind} tensors>"
+            pattern = is_excluded(name, exclude)
+            if pattern is not None:
+                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
+                                           reason=f"excluded by pattern {pattern!r}"))
+                continue
+            if mapper.layer_kind not in scheme.layer_specs:
+                reports.append(LayerReport(
+                    name, layer_type, "skipped", mapper.layer_kind, mapper=mapper.name,
+                    reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
+                ))
+                continue
+            spec = scheme.layer_specs[mapper.layer_kind]
+            ctx = ConversionContext(name, mapper.layer_kind, scheme, spec, registry, shared)
+            try:
+                converted = mapper.convert_state_dict(prefix, tensors, ctx)
+            except LayerSkipped as skip:
+                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
+                                           mapper=mapper.name, reason=skip.reason))
+                continue
+            except QuantcoreError:
+                raise
+            except Exception as exc:
+                raise LayerQuantizationError(name, layer_type, exc) from exc
+            for key in tensors:
+                del remaining[prefix + key]
+            for key, t in converted.items():
+                output[prefix + key] = t
+            reports.append(LayerReport(
+                name, layer_type, "quantized", mapper.layer_kind, scheme=scheme.name,
+                granularity=spec.describe(), mapper=mapper.name,
+                bytes_before=tensor_bytes(tensors.values()),
+                bytes_after=tensor_bytes(converted.values()), notes=tuple(ctx.notes),
+            ))
+
+    groups: dict[str, list[str]] = {}
+    for key, t in remaining.items():
+        clone = shared.clones.get(id(t))
+        if clone is None:
+            clone = shared.clones[id(t)] = t.detach().clone()
+        output[key] = clone
+        if t.is_floating_point():
+            groups.setdefault(key.rpartition(".")[0], []).append(key)
+    for prefix, keys in groups.items():
+        matrices = [k for k in keys if remaining[k].dim() >= 2]
+        if matrices:
+            reports.append(LayerReport(
+                prefix, "<tensors>", "skipped",
+                reason=f"no mapper recognizes {', '.join(k.rpartition('.')[2] for k in matrices)}",
+            ))
+        else:
+            reports.append(LayerReport(prefix, "<tensors>", "kept",
+                                       reason="vectors (norm scales, biases) stay in float"))
+    order = {key.rpartition(".")[0]: i for i, key in enumerate(state_dict)}
+    ordered = {k: output[k] for k in sorted(output, key=lambda k: _key_order(k, state_dict, order))}
+    reports.sort(key=lambda r: order.get(r.name, len(order)))
+    return ordered, reports
+
+
+def _key_order(key: str, original: Mapping[str, torch.Tensor], order: Mapping[str, int]) -> tuple[int, str]:
+    return (order.get(key.rpartition(".")[0], len(order)), key)

@@ -1,0 +1,206 @@
+"""The typed, frozen objects that plugin hooks yield (one dataclass per extension point).
+
+A plugin never subclasses anything from the kernel: it builds these records and yields them from
+its hook implementations. The kernel validates them when it collects them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from quantcore.specs import ActivationSpec, Granularity, LayerSpec, QuantizedWeight, QuantParams, WeightSpec
+
+if TYPE_CHECKING:
+    from quantcore.context import ConversionContext
+
+
+class ComputeParams(Protocol):
+    """An observer's function: quantization parameters for ``tensor``; it knows nothing about modules."""
+
+    def __call__(
+        self,
+        tensor: torch.Tensor,
+        *,
+        granularity: Granularity,
+        axis: int,
+        symmetric: bool,
+        qmin: int,
+        qmax: int,
+    ) -> QuantParams: ...
+
+
+class QuantizeWeight(Protocol):
+    def __call__(
+        self, weight: torch.Tensor, spec: WeightSpec, observer: Observer | None
+    ) -> QuantizedWeight: ...
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value))
+
+
+def _check_name(kind: str, name: object) -> None:
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"{kind} name must be a non-empty string without surrounding spaces: {name!r}")
+
+
+@dataclass(frozen=True)
+class Observer:
+    """Computes scale/zero-point from tensors (min/max, percentile, MSE search, ...)."""
+
+    name: str
+    compute: ComputeParams
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("observer", self.name)
+        if not callable(self.compute):
+            raise TypeError(f"observer {self.name!r}: compute must be callable")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A quantization scheme: a weight format plus the per-layer-kind decisions that go with it.
+
+    ``layer_specs`` maps a layer kind (as layer mappers name them: "linear", "embedding", ...) to
+    the :class:`LayerSpec` used for it; a kind missing from it is not quantized by this scheme.
+    """
+
+    name: str
+    weight_format: str
+    layer_specs: Mapping[str, LayerSpec]
+    quantize_weight: QuantizeWeight
+    dequantize_weight: Callable[[QuantizedWeight], torch.Tensor]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_name("scheme", self.name)
+        object.__setattr__(self, "layer_specs", _frozen_mapping(self.layer_specs))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        for kind, spec in self.layer_specs.items():
+            if not isinstance(spec, LayerSpec):
+                raise TypeError(f"scheme {self.name!r}: spec for {kind!r} is not a LayerSpec")
+        if not callable(self.quantize_weight) or not callable(self.dequantize_weight):
+            raise TypeError(f"scheme {self.name!r}: quantize_weight/dequantize_weight must be callable")
+
+
+@dataclass(frozen=True)
+class LayerMapper:
+    """Finds the layers of one kind in a model and builds their quantized replacements.
+
+    A mapper with ``keep_reason`` and no ``convert`` recognizes layers that stay in float on
+    purpose (normalization, say); they are reported as kept with that reason.
+
+    ``state_dict_layers`` and ``convert_state_dict`` let the mapper work on a bare state dict:
+    the first returns the prefixes (``"encoder.fc."``) of layers it recognizes from tensor names
+    and shapes, the second converts the tensors under one prefix (keys relative to it).
+    """
+
+    name: str
+    layer_kind: str
+    matches: Callable[[nn.Module], bool]
+    convert: Callable[[nn.Module, ConversionContext], nn.Module] | None = None
+    keep_reason: str | None = None
+    priority: int = 0
+    description: str = ""
+    state_dict_layers: Callable[[Mapping[str, torch.Tensor]], Iterable[str]] | None = None
+    convert_state_dict: (
+        Callable[[str, Mapping[str, torch.Tensor], ConversionContext], Mapping[str, torch.Tensor]]
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        _check_name("layer mapper", self.name)
+        _check_name("layer kind", self.layer_kind)
+        if (self.convert is None) == (self.keep_reason is None):
+            raise ValueError(
+                f"layer mapper {self.name!r}: give exactly one of convert= or keep_reason="
+            )
+        if (self.state_dict_layers is None) != (self.convert_state_dict is None):
+            raise ValueError(
+                f"layer mapper {self.name!r}: state_dict_layers and convert_state_dict go together"
+            )
+
+
+@dataclass(frozen=True)
+class AdaptedInput:
+    """What an input adapter hands to the orchestration: a module or a state dict, never both."""
+
+    module: nn.Module | None = None
+    state_dict: Mapping[str, torch.Tensor] | None = None
+    description: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.module is None) == (self.state_dict is None):
+            raise ValueError("AdaptedInput needs exactly one of module= or state_dict=")
+
+
+@dataclass(frozen=True)
+class InputAdapter:
+    """Turns what the caller passed (a module, a state dict, a file, ...) into an AdaptedInput."""
+
+    name: str
+    accepts: Callable[[object], bool]
+    adapt: Callable[[object], AdaptedInput]
+    priority: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("input adapter", self.name)
+
+
+@dataclass(frozen=True)
+class KernelRequest:
+    """What a kernel backend is asked to serve: one quantized layer on one device."""
+
+    op: str
+    weight: QuantizedWeight
+    bias: torch.Tensor | None
+    activation: ActivationSpec | None
+    device: torch.device
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _always(_: object = None) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    """An implementation of one operation ("linear", ...) for one weight format.
+
+    ``prepare`` receives the request and returns the callable that runs the op (it may pre-pack
+    weights). The backend with ``reference=True`` is the always-available correctness oracle;
+    among the others the highest ``priority`` that is available and supports the request wins.
+    """
+
+    name: str
+    op: str
+    weight_format: str
+    prepare: Callable[[KernelRequest], Callable[..., torch.Tensor]]
+    is_available: Callable[[], bool] = _always
+    supports: Callable[[KernelRequest], bool] = _always
+    priority: int = 0
+    reference: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("kernel backend", self.name)
+        _check_name("kernel op", self.op)
+
+
+REGISTRATION_TYPES: dict[str, type] = {
+    "scheme": Scheme,
+    "observer": Observer,
+    "layer mapper": LayerMapper,
+    "input adapter": InputAdapter,
+    "kernel backend": KernelBackend,
+}

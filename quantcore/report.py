@@ -1,0 +1,87 @@
+"""The report every quantize() call returns: what was quantized, kept or skipped, and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+LayerStatus = Literal["quantized", "kept", "skipped"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    layer_type: str
+    status: LayerStatus
+    layer_kind: str | None = None
+    scheme: str | None = None
+    granularity: str | None = None
+    kernel: str | None = None
+    mapper: str | None = None
+    reason: str | None = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    scheme: str
+    input_description: str
+    layers: tuple[LayerReport, ...]
+    size_before: int
+    size_after: int
+    notes: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = field(default=())
+
+    @property
+    def quantized(self) -> tuple[LayerReport, ...]:
+        return tuple(layer for layer in self.layers if layer.status == "quantized")
+
+    @property
+    def skipped(self) -> tuple[LayerReport, ...]:
+        return tuple(layer for layer in self.layers if layer.status == "skipped")
+
+    @property
+    def kept(self) -> tuple[LayerReport, ...]:
+        return tuple(layer for layer in self.layers if layer.status == "kept")
+
+    @property
+    def compression(self) -> float:
+        return self.size_after / self.size_before if self.size_before else 1.0
+
+    def __iter__(self) -> Iterator[LayerReport]:
+        return iter(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.quantized)} quantized, {len(self.kept)} kept in float, "
+            f"{len(self.skipped)} skipped; size {_mb(self.size_before)} -> {_mb(self.size_after)} "
+            f"({self.compression:.2f}x)"
+        )
+
+    def __str__(self) -> str:
+        lines = [f"quantcore report: scheme {self.scheme}, input {self.input_description}"]
+        lines += [f"  note: {n}" for n in self.notes]
+        if not self.layers:
+            lines.append("  (the input holds no layers with float weights)")
+        name_width = min(48, max((len(layer.name) for layer in self.layers), default=4))
+        for layer in self.layers:
+            if layer.status == "quantized":
+                detail = f"{layer.granularity}; kernel {layer.kernel}" if layer.kernel else f"{layer.granularity}"
+            else:
+                detail = layer.reason or ""
+            extra = f" [{'; '.join(layer.notes)}]" if layer.notes else ""
+            lines.append(
+                f"  {layer.status:<9} {layer.name or '<root>':<{name_width}} {layer.layer_type:<28} {detail}{extra}"
+            )
+        lines.append(f"  {self.summary()}")
+        return "\n".join(lines)
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.2f} MiB"

@@ -1,0 +1,104 @@
+"""Plain, frozen descriptions of *how* to quantize: shared vocabulary between schemes, observers,
+layer mappers and kernel backends. Nothing here knows a concrete number format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+
+class Granularity(str, Enum):
+    """Which elements share one scale (and zero point)."""
+
+    PER_TENSOR = "per_tensor"
+    PER_CHANNEL = "per_channel"  # one scale per slice along ``axis`` (output channel, embedding row)
+    PER_TOKEN = "per_token"  # activations: one scale per row of the flattened input
+    NONE = "none"  # the format needs no scale (fp16 weights)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How a layer's weight is quantized ahead of time."""
+
+    granularity: Granularity = Granularity.PER_CHANNEL
+    symmetric: bool = True
+    observer: str | None = "minmax"
+    axis: int = 0
+
+    def describe(self) -> str:
+        if self.granularity is Granularity.NONE:
+            return "unscaled"
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        return f"{self.granularity.value}, {kind}"
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """How a layer's input is quantized on the fly at every call."""
+
+    granularity: Granularity = Granularity.PER_TOKEN
+    symmetric: bool = True
+
+    def describe(self) -> str:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        return f"{self.granularity.value}, {kind}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A scheme's decision for one layer kind. ``activation=None`` means weight-only."""
+
+    weight: WeightSpec
+    activation: ActivationSpec | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        act = self.activation.describe() if self.activation else "float (weight-only)"
+        return f"weights {self.weight.describe()}; activations {act}"
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """What an observer computes: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``.
+
+    ``scale`` (and ``zero_point``) hold one value for per-tensor parameters, or one per slice along
+    the requested axis. ``zero_point`` is None for symmetric parameters.
+    """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeight:
+    """A quantized weight as plain tensors, so it saves with torch.save and safetensors alike.
+
+    ``format`` names the number format ("int8", "fp16", a plugin's own); kernel backends are
+    registered per (operation, format).
+    """
+
+    format: str
+    data: torch.Tensor
+    scale: torch.Tensor | None = None
+    zero_point: torch.Tensor | None = None
+    spec: WeightSpec | None = None
+
+    def tensors(self, name: str = "weight") -> dict[str, torch.Tensor]:
+        """The state-dict entries for this weight, named after ``name``."""
+        out = {name: self.data}
+        if self.scale is not None:
+            out[f"{name}_scale"] = self.scale
+        if self.zero_point is not None:
+            out[f"{name}_zero_point"] = self.zero_point
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
