@@ -124,11 +124,20 @@ def quantize_module(
             continue
         if mapper is None:
             if own_float_parameters(module):
+                # A layer with weights of its own may read its children's weights directly (as
+                # MultiheadAttention reads out_proj.weight), so its whole subtree stays float.
                 reports[name] = _layer_report(
                     name, module, status="skipped",
                     reason=f"no mapper for {type(module).__name__}",
                     bytes_before=tensor_bytes(own_float_parameters(module)),
                 )
+                handled.append(name)
+                for child_name, child in module.named_modules(prefix=name):
+                    if child is not module and own_float_parameters(child):
+                        reports[child_name] = _layer_report(
+                            child_name, child, status="skipped",
+                            reason=f"inside {name} ({type(module).__name__}), which no mapper handles",
+                        )
             continue
         handled.append(name)
         if mapper.keep_reason is not None:

@@ -69,7 +69,8 @@ class QuantizationReport:
         lines += [f"  note: {n}" for n in self.notes]
         if not self.layers:
             lines.append("  (the input holds no layers with float weights)")
-        name_width = min(48, max((len(layer.name) for layer in self.layers), default=4))
+        name_width = min(48, max((len(layer.name) for layer in self.layers), default=6))
+        type_width = min(36, max((len(layer.layer_type) for layer in self.layers), default=4))
         for layer in self.layers:
             if layer.status == "quantized":
                 detail = f"{layer.granularity}; kernel {layer.kernel}" if layer.kernel else f"{layer.granularity}"
@@ -77,7 +78,7 @@ class QuantizationReport:
                 detail = layer.reason or ""
             extra = f" [{'; '.join(layer.notes)}]" if layer.notes else ""
             lines.append(
-                f"  {layer.status:<9} {layer.name or '<root>':<{name_width}} {layer.layer_type:<28} {detail}{extra}"
+                f"  {layer.status:<9} {layer.name or '<root>':<{name_width}} {layer.layer_type:<{type_width}} {detail}{extra}"
             )
         lines.append(f"  {self.summary()}")
         return "\n".join(lines)
