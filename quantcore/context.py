@@ -19,6 +19,11 @@ class SharedState:
 
     weights: dict[tuple[int, WeightSpec, str], QuantizedWeight] = field(default_factory=dict)
     clones: dict[int, torch.Tensor] = field(default_factory=dict)
+    # The memos are keyed by id(); holding every source tensor for the whole call keeps a computed
+    # weight (a parametrization's value, a view) from being freed and its id reused by another.
+    keepalive: list[torch.Tensor] = field(default_factory=list)
+    # id(source tensor) -> (layer name, layer kind, spec) of every layer that quantized it
+    users: dict[int, list[tuple[str, str, WeightSpec]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +48,19 @@ class ConversionContext:
         if weight.numel() == 0:
             raise LayerSkipped("weight is empty")
         key = (id(weight), spec, self.scheme.name)
+        self.shared.keepalive.append(weight)
+        users = self.shared.users.setdefault(id(weight), [])
+        for other, other_kind, other_spec in users:
+            if other == self.layer_name:
+                continue
+            if other_spec == spec:
+                self.note(f"weight shared with {other or '<root>'}: quantized once, stays shared")
+            else:
+                self.note(
+                    f"weight tied to {other or '<root>'} ({other_kind}, {other_spec.describe()}) "
+                    f"but quantized here as {spec.describe()}: stored twice, no longer tied"
+                )
+        users.append((self.layer_name, self.layer_kind, spec))
         cached = self.shared.weights.get(key)
         if cached is not None:
             return cached
@@ -56,6 +74,7 @@ class ConversionContext:
         """An independent copy of a float tensor the new layer keeps (a bias, say), shared if reused."""
         cached = self.shared.clones.get(id(tensor))
         if cached is None:
+            self.shared.keepalive.append(tensor)
             cached = tensor.detach().clone()
             self.shared.clones[id(tensor)] = cached
         return cached
