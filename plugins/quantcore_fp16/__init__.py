@@ -10,6 +10,11 @@ import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore_fp16.kernels_conv import prepare_reference_conv
+from quantcore_fp16.kernels_embedding import (
+    prepare_reference_embedding,
+    prepare_reference_embedding_bag,
+)
 
 FORMAT = "fp16"
 _FP16_MAX = torch.finfo(torch.float16).max
@@ -20,6 +25,20 @@ LAYER_SPECS = {
         activation=None,
         reason="float16 needs no scale; activations stay in the caller's dtype",
     ),
+    **{
+        kind: LayerSpec(
+            weight=WeightSpec(Granularity.NONE, symmetric=True, observer=None),
+            activation=None,
+            reason=f"float16 weights, no scale; {how}",
+        )
+        for kind, how in {
+            "attention": "projections upcast to the input's dtype, attention math in that dtype",
+            "recurrent": "each gate matrix upcast to the input's dtype, recurrence in that dtype",
+            "embedding": "looked-up rows upcast to the layer's original dtype",
+            "embedding_bag": "looked-up rows upcast to the layer's original dtype, then reduced",
+            "conv": "weights upcast to the input's dtype, then the float convolution",
+        }.items()
+    },
 }
 
 
@@ -69,3 +88,16 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         reference=True,
         description="upcast float16 weights to the input's dtype, then the float matmul",
     )
+    for op, prepare, what in (
+        ("embedding", prepare_reference_embedding, "gather float16 rows, upcast, float lookup"),
+        ("embedding_bag", prepare_reference_embedding_bag, "upcast the rows of the call, reduce"),
+        ("conv", prepare_reference_conv, "upcast float16 weights, float convolution"),
+    ):
+        yield quantcore.KernelBackend(
+            name=f"fp16-{op.replace('_', '-')}-reference",
+            op=op,
+            weight_format=FORMAT,
+            prepare=prepare,
+            reference=True,
+            description=what,
+        )

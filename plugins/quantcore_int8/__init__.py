@@ -8,7 +8,55 @@ from collections.abc import Iterator
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
 from quantcore_int8.kernels import prepare_reference_linear
+from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
+from quantcore_int8.kernels_embedding import (
+    prepare_reference_embedding,
+    prepare_reference_embedding_bag,
+    supports_rows,
+)
 from quantcore_int8.quantization import FORMAT, dequantize_weight, quantize_weight
+
+# Defaults for the layer kinds beyond linear, chosen from the measurements in docs/schemes.md
+# (research/measure_layer_specs.py reproduces them).
+LAYER_KIND_SPECS = {
+    "attention": LayerSpec(
+        weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0),
+        activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=True),
+        reason=(
+            "the q/k/v and output projections are linear layers: per-row symmetric weights, "
+            "per-token activations, as for linear"
+        ),
+    ),
+    "recurrent": LayerSpec(
+        weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0),
+        activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=True),
+        reason=(
+            "per-gate-row symmetric weights; inputs and hidden states quantized per batch row at "
+            "every step (tanh-bounded states are centred, asymmetric gained nothing measurable)"
+        ),
+    ),
+    "embedding": LayerSpec(
+        weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=False, observer="minmax", axis=0),
+        activation=None,
+        reason=(
+            "weight-only, per-row asymmetric: a lookup has no activation to quantize and rows "
+            "differ in offset as well as range"
+        ),
+    ),
+    "embedding_bag": LayerSpec(
+        weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=False, observer="minmax", axis=0),
+        activation=None,
+        reason="weight-only, per-row asymmetric, as for embedding",
+    ),
+    "conv": LayerSpec(
+        weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0),
+        activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False),
+        reason=(
+            "per-output-channel symmetric weights; inputs quantized per sample (one scale per "
+            "batch element), asymmetric because conv inputs are mostly post-ReLU (non-negative)"
+        ),
+    ),
+}
 
 LAYER_SPECS = {
     "linear": LayerSpec(
@@ -21,6 +69,7 @@ LAYER_SPECS = {
             "sentence embeddings)"
         ),
     ),
+    **LAYER_KIND_SPECS,
 }
 
 
@@ -46,4 +95,31 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         prepare=prepare_reference_linear,
         reference=True,
         description="dequantize weights, fake-quantize inputs, float matmul (correctness oracle)",
+    )
+    yield quantcore.KernelBackend(
+        name="int8-embedding-reference",
+        op="embedding",
+        weight_format=FORMAT,
+        prepare=prepare_reference_embedding,
+        supports=supports_rows,
+        reference=True,
+        description="gather int8 rows, dequantize them, float lookup",
+    )
+    yield quantcore.KernelBackend(
+        name="int8-embedding-bag-reference",
+        op="embedding_bag",
+        weight_format=FORMAT,
+        prepare=prepare_reference_embedding_bag,
+        supports=supports_rows,
+        reference=True,
+        description="dequantize the distinct rows of the call, float embedding_bag",
+    )
+    yield quantcore.KernelBackend(
+        name="int8-conv-reference",
+        op="conv",
+        weight_format=FORMAT,
+        prepare=prepare_reference_conv,
+        supports=supports_conv,
+        reference=True,
+        description="dequantize weights, fake-quantize inputs, float convolution",
     )

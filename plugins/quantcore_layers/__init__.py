@@ -13,9 +13,39 @@ from torch import nn
 
 import quantcore
 from quantcore import ConversionContext
+from quantcore_layers.attention import (
+    QuantizedMultiheadAttention,
+    convert_multihead_attention,
+    is_multihead_attention,
+)
+from quantcore_layers.common import module_bias, module_tensor
+from quantcore_layers.conv import QuantizedConv, convert_conv, is_conv
+from quantcore_layers.embedding import (
+    QuantizedEmbedding,
+    QuantizedEmbeddingBag,
+    convert_embedding,
+    convert_embedding_bag,
+    is_embedding,
+    is_embedding_bag,
+)
 from quantcore_layers.modules import QuantizedLinear, QuantizedModule
+from quantcore_layers.recurrent import (
+    QuantizedRNN,
+    QuantizedRNNCell,
+    convert_recurrent,
+    is_recurrent,
+)
 
-__all__ = ["QuantizedLinear", "QuantizedModule"]
+__all__ = [
+    "QuantizedConv",
+    "QuantizedEmbedding",
+    "QuantizedEmbeddingBag",
+    "QuantizedLinear",
+    "QuantizedModule",
+    "QuantizedMultiheadAttention",
+    "QuantizedRNN",
+    "QuantizedRNNCell",
+]
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -26,8 +56,8 @@ def convert_linear(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, nn.Linear)
     if type(module).forward is not nn.Linear.forward:
         ctx.note(f"{type(module).__name__} overrides forward; replaced by a plain quantized linear")
-    weight = ctx.quantize_weight(module.weight)
-    bias = None if module.bias is None else ctx.clone(module.bias)
+    weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
+    bias = module_bias(module, "bias", ctx)
     return QuantizedLinear(
         module.in_features,
         module.out_features,
@@ -85,6 +115,46 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         description="torch.nn.Linear and its subclasses",
         state_dict_layers=linear_state_dict_layers,
         convert_state_dict=convert_linear_state_dict,
+    )
+    yield quantcore.LayerMapper(
+        name="multihead_attention",
+        layer_kind="attention",
+        matches=is_multihead_attention,
+        convert=convert_multihead_attention,
+        priority=110,
+        description="torch.nn.MultiheadAttention (packed or separate q/k/v, out_proj)",
+    )
+    yield quantcore.LayerMapper(
+        name="recurrent",
+        layer_kind="recurrent",
+        matches=is_recurrent,
+        convert=convert_recurrent,
+        priority=100,
+        description="torch.nn.LSTM, GRU, RNN and LSTMCell, GRUCell, RNNCell",
+    )
+    yield quantcore.LayerMapper(
+        name="embedding",
+        layer_kind="embedding",
+        matches=is_embedding,
+        convert=convert_embedding,
+        priority=100,
+        description="torch.nn.Embedding (weight-only)",
+    )
+    yield quantcore.LayerMapper(
+        name="embedding_bag",
+        layer_kind="embedding_bag",
+        matches=is_embedding_bag,
+        convert=convert_embedding_bag,
+        priority=100,
+        description="torch.nn.EmbeddingBag (weight-only; every mode)",
+    )
+    yield quantcore.LayerMapper(
+        name="conv",
+        layer_kind="conv",
+        matches=is_conv,
+        convert=convert_conv,
+        priority=100,
+        description="torch.nn.Conv1d, Conv2d, Conv3d",
     )
     yield quantcore.LayerMapper(
         name="normalization",

@@ -1,0 +1,131 @@
+"""Helpers shared by the layer families: reading a module's weight safely, building quantized
+linear pieces, and the base of quantized modules made of quantized children."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import quantcore
+from quantcore import ConversionContext, KernelRequest
+from quantcore_layers.modules import QuantizedLinear, QuantizedModule
+
+# Hook-based reparametrizations (deprecated in torch) recompute ``module.weight`` in a forward
+# pre-hook from parameters the quantized module does not have; quantcore copies forward hooks onto
+# the replacement, so such a layer cannot be replaced.
+_HOOK_REPARAMETRIZATIONS = ("WeightNorm", "SpectralNorm")
+
+
+def module_tensor(module: nn.Module, name: str, ctx: ConversionContext) -> torch.Tensor:
+    """``module.<name>`` as the layer computes it, or LayerSkipped with the reason it cannot be read.
+
+    Parametrized tensors (``torch.nn.utils.parametrize``, e.g. weight_norm) are read through the
+    parametrization, so the quantized weight is the computed value.
+    """
+    for hook in module._forward_pre_hooks.values():
+        if type(hook).__name__ in _HOOK_REPARAMETRIZATIONS:
+            raise quantcore.LayerSkipped(
+                f"{name} is recomputed by the deprecated torch.nn.utils.{type(hook).__name__} hook; "
+                "use torch.nn.utils.parametrizations instead (or remove the hook) to quantize it"
+            )
+    tensor = getattr(module, name)
+    if not isinstance(tensor, torch.Tensor):
+        raise quantcore.LayerSkipped(f"{name} is not a tensor ({type(tensor).__name__})")
+    if isinstance(tensor, nn.parameter.UninitializedParameter):
+        raise quantcore.LayerSkipped(f"{name} is uninitialized (lazy module never run)")
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and name in parametrizations:
+        kinds = ", ".join(type(p).__name__ for p in parametrizations[name])
+        ctx.note(f"{name} quantized from its parametrized value ({kinds})")
+    return tensor
+
+
+def module_bias(module: nn.Module, name: str, ctx: ConversionContext) -> torch.Tensor | None:
+    """A float tensor the quantized layer keeps, cloned (shared if reused), or None."""
+    value = getattr(module, name, None)
+    if value is None:
+        return None
+    return ctx.clone(module_tensor(module, name, ctx))
+
+
+def quantized_linear(
+    ctx: ConversionContext, weight: torch.Tensor, bias: torch.Tensor | None
+) -> QuantizedLinear:
+    """A QuantizedLinear for ``x @ weight.T + bias`` with this layer's spec and the scheme's kernels.
+
+    ``bias`` must already be the layer's own copy (``ctx.clone``).
+    """
+    out_features, in_features = weight.shape
+    return QuantizedLinear(
+        in_features,
+        out_features,
+        ctx.quantize_weight(weight),
+        bias,
+        ctx.spec.activation,
+        ctx.kernel_candidates("linear"),
+    )
+
+
+def forward_overridden(module: nn.Module, base: type[nn.Module], ctx: ConversionContext) -> None:
+    if type(module).forward is not base.forward:
+        ctx.note(
+            f"{type(module).__name__} overrides forward; replaced by a quantized {base.__name__}"
+        )
+
+
+class QuantizedContainer(QuantizedModule):
+    """A quantized layer whose work is done by quantized children (QuantizedLinear pieces): the
+    children pick and re-pick their kernels; this module only reports which ones run."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__(op, ())
+
+    def _prepare_kernel(self) -> None:
+        names = sorted(
+            {m.kernel_name for m in self.modules() if m is not self and isinstance(m, QuantizedModule)}
+        )
+        self.kernel_name = ", ".join(names)
+
+
+def track_dtype(
+    dtype: torch.dtype, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.dtype:
+    """The dtype a float tensor of ``dtype`` gets from an ``nn.Module._apply`` function, so a
+    quantized module moved with ``.to(torch.bfloat16)`` / ``.half()`` returns that dtype."""
+    try:
+        return fn(torch.empty(0, dtype=dtype)).dtype
+    except Exception:  # an _apply function that only makes sense for real tensors
+        return dtype
+
+
+class DtypeTrackingModule(QuantizedModule):
+    """A quantized module whose output dtype is its own (embeddings: the input holds indices)."""
+
+    output_dtype: torch.dtype
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        self.output_dtype = track_dtype(self.output_dtype, fn)
+        return super()._apply(fn, recurse)
+
+
+def kernel_request(
+    module: QuantizedModule, op: str, name: str = "weight", **options: Any
+) -> KernelRequest:
+    """The request for a module holding one quantized weight in buffers ``name``, ``name_scale``,
+    ``name_zero_point`` and a float ``bias``."""
+    buffers = module._buffers
+    data = buffers[name]
+    assert data is not None
+    weight = quantcore.QuantizedWeight(
+        module.weight_format,  # type: ignore[arg-type]
+        data,
+        scale=buffers.get(f"{name}_scale"),
+        zero_point=buffers.get(f"{name}_zero_point"),
+        spec=module.weight_spec,  # type: ignore[arg-type]
+    )
+    bias = getattr(module, "bias", None)
+    activation = getattr(module, "activation", None)
+    return KernelRequest(op, weight, bias, activation, data.device, options)

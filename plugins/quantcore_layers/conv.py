@@ -1,0 +1,76 @@
+"""nn.Conv1d, nn.Conv2d, nn.Conv3d: per-output-channel quantized weights run by the scheme's
+"conv" kernels (int8: inputs quantized at every call). Transposed convolutions are not claimed:
+they are reported as skipped (no mapper)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantcore import ActivationSpec, ConversionContext, KernelBackend, KernelRequest, QuantizedWeight
+from quantcore_layers.common import forward_overridden, kernel_request, module_bias, module_tensor
+from quantcore_layers.modules import QuantizedModule, register_weight
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class QuantizedConv(QuantizedModule):
+    """Drop-in for nn.Conv1d/2d/3d (groups, dilation, stride, every padding and padding mode)."""
+
+    def __init__(
+        self,
+        source: nn.Conv1d | nn.Conv2d | nn.Conv3d,
+        weight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        activation: ActivationSpec | None,
+        backends: tuple[KernelBackend, ...],
+    ) -> None:
+        super().__init__("conv", backends)
+        self.dims = len(source.kernel_size)
+        self.in_channels = source.in_channels
+        self.out_channels = source.out_channels
+        self.kernel_size = tuple(source.kernel_size)
+        self.stride = tuple(source.stride)
+        self.padding = source.padding if isinstance(source.padding, str) else tuple(source.padding)
+        self.dilation = tuple(source.dilation)
+        self.groups = source.groups
+        self.padding_mode = source.padding_mode
+        self._reversed_padding_repeated_twice = list(source._reversed_padding_repeated_twice)
+        self.weight_format = weight.format
+        self.weight_spec = weight.spec
+        self.activation = activation
+        register_weight(self, weight)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self._prepare_kernel()
+
+    def _kernel_request(self) -> KernelRequest:
+        return kernel_request(
+            self, "conv", dims=self.dims, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
+            reversed_padding=tuple(self._reversed_padding_repeated_twice),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._kernel is not None
+        return self._kernel(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, groups={self.groups}, format={self.weight_format}, "
+            f"kernel={self.kernel_name}"
+        )
+
+
+def is_conv(module: nn.Module) -> bool:
+    return isinstance(module, _CONVS) and not isinstance(module, QuantizedModule)
+
+
+def convert_conv(module: nn.Module, ctx: ConversionContext) -> nn.Module:
+    assert isinstance(module, _CONVS)
+    forward_overridden(module, next(c for c in _CONVS if isinstance(module, c)), ctx)
+    weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
+    return QuantizedConv(
+        module, weight, module_bias(module, "bias", ctx), ctx.spec.activation,
+        ctx.kernel_candidates("conv"),
+    )

@@ -1,0 +1,125 @@
+"""nn.Embedding and nn.EmbeddingBag: weight-only quantization of the table, rows looked up and
+dequantized by the scheme's "embedding" / "embedding_bag" kernels.
+
+``max_norm`` renormalizes looked-up rows of the float table in place in torch; the quantized
+table is read-only, so the kernels renormalize the dequantized rows at every lookup instead,
+which gives the outputs torch gives (a renormalized row keeps its norm on later lookups).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quantcore import ConversionContext, KernelBackend, KernelRequest, QuantizedWeight
+from quantcore_layers.common import (
+    DtypeTrackingModule,
+    forward_overridden,
+    kernel_request,
+    module_tensor,
+)
+from quantcore_layers.modules import QuantizedModule, register_weight
+
+
+class QuantizedEmbedding(DtypeTrackingModule):
+    """Drop-in for nn.Embedding; returns the original table's dtype."""
+
+    def __init__(
+        self, source: nn.Embedding, weight: QuantizedWeight, backends: tuple[KernelBackend, ...]
+    ) -> None:
+        super().__init__("embedding", backends)
+        self.num_embeddings = source.num_embeddings
+        self.embedding_dim = source.embedding_dim
+        self.padding_idx = source.padding_idx
+        self.max_norm = source.max_norm
+        self.norm_type = source.norm_type
+        self.output_dtype = source.weight.dtype
+        self.weight_format = weight.format
+        self.weight_spec = weight.spec
+        register_weight(self, weight)
+        self._prepare_kernel()
+
+    def _kernel_request(self) -> KernelRequest:
+        return kernel_request(
+            self, "embedding", max_norm=self.max_norm, norm_type=self.norm_type,
+            dtype=self.output_dtype,
+        )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        assert self._kernel is not None
+        return self._kernel(input)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, format={self.weight_format}, "
+            f"kernel={self.kernel_name}"
+        )
+
+
+class QuantizedEmbeddingBag(DtypeTrackingModule):
+    """Drop-in for nn.EmbeddingBag (every mode, offsets, per_sample_weights, padding_idx)."""
+
+    def __init__(
+        self, source: nn.EmbeddingBag, weight: QuantizedWeight, backends: tuple[KernelBackend, ...]
+    ) -> None:
+        super().__init__("embedding_bag", backends)
+        self.num_embeddings = source.num_embeddings
+        self.embedding_dim = source.embedding_dim
+        self.padding_idx = source.padding_idx
+        self.max_norm = source.max_norm
+        self.norm_type = source.norm_type
+        self.mode = source.mode
+        self.include_last_offset = source.include_last_offset
+        self.output_dtype = source.weight.dtype
+        self.weight_format = weight.format
+        self.weight_spec = weight.spec
+        register_weight(self, weight)
+        self._prepare_kernel()
+
+    def _kernel_request(self) -> KernelRequest:
+        return kernel_request(
+            self, "embedding_bag", max_norm=self.max_norm, norm_type=self.norm_type,
+            mode=self.mode, include_last_offset=self.include_last_offset,
+            padding_idx=self.padding_idx, dtype=self.output_dtype,
+        )
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        assert self._kernel is not None
+        return self._kernel(input, offsets, per_sample_weights)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, "
+            f"format={self.weight_format}, kernel={self.kernel_name}"
+        )
+
+
+def is_embedding(module: nn.Module) -> bool:
+    return isinstance(module, nn.Embedding) and not isinstance(module, QuantizedModule)
+
+
+def is_embedding_bag(module: nn.Module) -> bool:
+    return isinstance(module, nn.EmbeddingBag) and not isinstance(module, QuantizedModule)
+
+
+def convert_embedding(module: nn.Module, ctx: ConversionContext) -> nn.Module:
+    assert isinstance(module, nn.Embedding)
+    forward_overridden(module, nn.Embedding, ctx)
+    if module.max_norm is not None:
+        ctx.note("max_norm: dequantized rows are renormalized at each lookup (table not modified)")
+    weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
+    return QuantizedEmbedding(module, weight, ctx.kernel_candidates("embedding"))
+
+
+def convert_embedding_bag(module: nn.Module, ctx: ConversionContext) -> nn.Module:
+    assert isinstance(module, nn.EmbeddingBag)
+    forward_overridden(module, nn.EmbeddingBag, ctx)
+    if module.max_norm is not None:
+        ctx.note("max_norm: dequantized rows are renormalized at each lookup (table not modified)")
+    weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
+    return QuantizedEmbeddingBag(module, weight, ctx.kernel_candidates("embedding_bag"))
