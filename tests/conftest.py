@@ -26,7 +26,7 @@ def fingerprint(module: nn.Module) -> dict[str, object]:
     """Everything the 'always copy' promise covers: values, dtypes, devices, requires_grad, types."""
     out: dict[str, object] = {}
     for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
-        data = t.detach().cpu().contiguous()
+        data = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
         digest = hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
         out[name] = (digest, t.dtype, t.device, t.requires_grad, type(t).__name__, id(t))
     out["__types__"] = [(n, type(m).__name__) for n, m in module.named_modules(remove_duplicate=False)]
