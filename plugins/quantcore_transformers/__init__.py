@@ -1,0 +1,70 @@
+"""Layer mappers for Hugging Face transformers' own layer classes.
+
+GPT-2 and its relatives keep their linear layers in ``transformers.pytorch_utils.Conv1D``: a linear
+layer whose weight is stored transposed, ``[in_features, out_features]``. This plugin registers its
+mapper only when transformers is installed, and never imports transformers itself: a model that
+holds a Conv1D has imported it already, so the class is recognized by name and module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+import quantcore
+from quantcore import ConversionContext
+
+_CONV1D = ("transformers.pytorch_utils", "Conv1D")
+
+
+def transformers_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def _conv1d_class(module: nn.Module) -> type | None:
+    for cls in type(module).__mro__:
+        if (cls.__module__, cls.__name__) == _CONV1D:
+            return cls
+    return None
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    return _conv1d_class(module) is not None
+
+
+def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
+    """Convert as the linear layer it is, through whichever "linear" mapper is registered, so the
+    result is exactly what that mapper (and the scheme's linear kernels) make of a linear layer."""
+    weight = module.weight
+    bias = module.bias
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise quantcore.LayerSkipped("Conv1D weight is not a 2-D tensor")
+    cls = _conv1d_class(module)
+    if cls is not None and type(module).forward is not cls.forward:
+        ctx.note(f"{type(module).__name__} overrides forward; replaced by a quantized linear")
+    in_features, out_features = weight.shape
+    # x @ W + b with W [in, out] is nn.Linear with weight W.T (a view, nothing copied)
+    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight.detach().t(), requires_grad=False)
+    linear.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+    for mapper in ctx.registry.layer_mappers:
+        if mapper.layer_kind == "linear" and mapper.convert is not None and mapper.matches(linear):
+            return mapper.convert(linear, ctx)
+    raise quantcore.LayerSkipped("no layer mapper for nn.Linear is loaded to convert Conv1D with")
+
+
+@quantcore.hookimpl
+def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
+    if not transformers_available():
+        return
+    yield quantcore.LayerMapper(
+        name="hf_conv1d",
+        layer_kind="linear",
+        matches=is_hf_conv1d,
+        convert=convert_hf_conv1d,
+        priority=100,
+        description="transformers.pytorch_utils.Conv1D (GPT-2 family), as a linear layer",
+    )
