@@ -139,7 +139,7 @@ def quantize(
         size_before=size_before,
         size_after=size_after,
         notes=adapted.notes,
-        plugins=tuple(name for name, _ in manager.list_name_plugin()),
+        plugins=tuple(name for name, plugin in manager.list_name_plugin() if plugin is not None),
     )
     _log_report(report)
     if output == "module":

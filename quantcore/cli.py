@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="quantize an embedded default model and print the report")
-    demo.add_argument("--dtype", action="append", help="scheme to run (repeatable; default int8 and fp16)")
+    demo.add_argument(
+        "--dtype", action="append", help="scheme to run (repeatable; default int8 and fp16)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide, and load failures")
