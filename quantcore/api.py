@@ -68,21 +68,36 @@ def _plugin_manager(
 
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["result"] = ...,
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype = ...,
+    *,
+    output: Literal["result"] = ...,
+    exclude: Iterable[str] = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool = ...,
 ) -> QuantizationResult: ...
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["module"],
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype = ...,
+    *,
+    output: Literal["module"],
+    exclude: Iterable[str] = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool = ...,
 ) -> nn.Module: ...
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["state_dict"],
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype = ...,
+    *,
+    output: Literal["state_dict"],
+    exclude: Iterable[str] = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool = ...,
 ) -> dict[str, torch.Tensor]: ...
 def quantize(
     obj: object,
@@ -112,7 +127,9 @@ def quantize(
     """
     if output not in ("result", "module", "state_dict"):
         raise ValueError(f"output must be 'result', 'module' or 'state_dict', not {output!r}")
-    scheme_name = _TORCH_DTYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+    scheme_name = (
+        _TORCH_DTYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+    )
     if not isinstance(scheme_name, str):
         raise TypeError(f"dtype must be a scheme name such as 'int8' or 'fp16', not {dtype!r}")
     patterns = [exclude] if isinstance(exclude, str) else list(exclude)
@@ -128,7 +145,9 @@ def quantize(
     else:
         assert adapted.state_dict is not None
         module = None
-        state_dict, layers = quantize_state_dict(adapted.state_dict, scheme, registry, exclude=patterns)
+        state_dict, layers = quantize_state_dict(
+            adapted.state_dict, scheme, registry, exclude=patterns
+        )
         size_before = tensor_bytes(adapted.state_dict.values())
         size_after = tensor_bytes(state_dict.values())
 
@@ -144,7 +163,9 @@ def quantize(
     _log_report(report)
     if output == "module":
         if module is None:
-            raise ValueError("output='module' needs a module input; a state dict gives output='state_dict'")
+            raise ValueError(
+                "output='module' needs a module input; a state dict gives output='state_dict'"
+            )
         return module
     if output == "state_dict":
         return state_dict
@@ -155,7 +176,8 @@ def _log_report(report: QuantizationReport) -> None:
     if not report.quantized:
         logger.warning(
             "nothing was quantized with scheme %r: no layer of the input is handled by a loaded "
-            "layer mapper (see the report for every layer and the reason)", report.scheme,
+            "layer mapper (see the report for every layer and the reason)",
+            report.scheme,
         )
     if report.skipped:
         logger.warning(

@@ -118,7 +118,10 @@ def quantize_module(
         if pattern is not None:
             if mapper is not None or own_float_parameters(module):
                 reports[name] = _layer_report(
-                    name, module, status="skipped", reason=f"excluded by pattern {pattern!r}",
+                    name,
+                    module,
+                    status="skipped",
+                    reason=f"excluded by pattern {pattern!r}",
                     layer_kind=mapper.layer_kind if mapper else None,
                 )
                 handled.append(name)
@@ -128,7 +131,9 @@ def quantize_module(
                 # A layer with weights of its own may read its children's weights directly (as
                 # MultiheadAttention reads out_proj.weight), so its whole subtree stays float.
                 reports[name] = _layer_report(
-                    name, module, status="skipped",
+                    name,
+                    module,
+                    status="skipped",
                     reason=f"no mapper for {type(module).__name__}",
                     bytes_before=tensor_bytes(own_float_parameters(module)),
                 )
@@ -136,20 +141,30 @@ def quantize_module(
                 for child_name, child in module.named_modules(prefix=name):
                     if child is not module and own_float_parameters(child):
                         reports[child_name] = _layer_report(
-                            child_name, child, status="skipped",
+                            child_name,
+                            child,
+                            status="skipped",
                             reason=f"inside {name} ({type(module).__name__}), which no mapper handles",
                         )
             continue
         handled.append(name)
         if mapper.keep_reason is not None:
             reports[name] = _layer_report(
-                name, module, status="kept", layer_kind=mapper.layer_kind, mapper=mapper.name,
+                name,
+                module,
+                status="kept",
+                layer_kind=mapper.layer_kind,
+                mapper=mapper.name,
                 reason=mapper.keep_reason,
             )
             continue
         if mapper.layer_kind not in scheme.layer_specs:
             reports[name] = _layer_report(
-                name, module, status="skipped", layer_kind=mapper.layer_kind, mapper=mapper.name,
+                name,
+                module,
+                status="skipped",
+                layer_kind=mapper.layer_kind,
+                mapper=mapper.name,
                 reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
             )
             continue
@@ -165,8 +180,12 @@ def quantize_module(
             new_module = item.mapper.convert(item.module, ctx)
         except LayerSkipped as skip:
             reports[item.name] = _layer_report(
-                item.name, item.module, status="skipped", layer_kind=item.mapper.layer_kind,
-                mapper=item.mapper.name, reason=skip.reason,
+                item.name,
+                item.module,
+                status="skipped",
+                layer_kind=item.mapper.layer_kind,
+                mapper=item.mapper.name,
+                reason=skip.reason,
             )
             logger.info("layer %s skipped: %s", item.name, skip.reason)
             continue
@@ -176,10 +195,16 @@ def quantize_module(
             raise LayerQuantizationError(item.name, type(item.module).__name__, exc) from exc
         replacements[id(item.module)] = new_module
         reports[item.name] = _layer_report(
-            item.name, item.module, status="quantized", layer_kind=item.mapper.layer_kind,
-            scheme=scheme.name, granularity=spec.describe(), mapper=item.mapper.name,
+            item.name,
+            item.module,
+            status="quantized",
+            layer_kind=item.mapper.layer_kind,
+            scheme=scheme.name,
+            granularity=spec.describe(),
+            mapper=item.mapper.name,
             kernel=getattr(new_module, "kernel_name", None),
-            bytes_before=module_bytes(item.module), bytes_after=module_bytes(new_module),
+            bytes_before=module_bytes(item.module),
+            bytes_after=module_bytes(new_module),
             notes=tuple(ctx.notes),
         )
 
@@ -189,7 +214,9 @@ def quantize_module(
     return quantized, sorted(reports.values(), key=lambda r: order.get(r.name, 0))
 
 
-def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState) -> nn.Module:
+def _copy_tree(
+    root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState
+) -> nn.Module:
     """Copy the module tree: replaced modules swapped in, everything else shallow-copied with
     cloned tensors. Modules and tensors that appear twice in the original appear twice here."""
     memo: dict[int, nn.Module] = {}
@@ -198,7 +225,11 @@ def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: S
         cached = shared.clones.get(id(t))
         if cached is None:
             data = t.detach().clone()
-            cached = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
+            cached = (
+                nn.Parameter(data, requires_grad=t.requires_grad)
+                if isinstance(t, nn.Parameter)
+                else data
+            )
             shared.clones[id(t)] = cached
         return cached
 
@@ -251,9 +282,9 @@ def quantize_state_dict(
             continue
         for prefix in list(mapper.state_dict_layers(remaining)):
             tensors = {
-                key[len(prefix):]: t
+                key[len(prefix) :]: t
                 for key, t in remaining.items()
-                if key.startswith(prefix) and "." not in key[len(prefix):]
+                if key.startswith(prefix) and "." not in key[len(prefix) :]
             }
             if not tensors:
                 continue
@@ -261,22 +292,43 @@ def quantize_state_dict(
             layer_type = f"<{mapper.layer_kind} tensors>"
             pattern = is_excluded(name, exclude)
             if pattern is not None:
-                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
-                                           reason=f"excluded by pattern {pattern!r}"))
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        reason=f"excluded by pattern {pattern!r}",
+                    )
+                )
                 continue
             if mapper.layer_kind not in scheme.layer_specs:
-                reports.append(LayerReport(
-                    name, layer_type, "skipped", mapper.layer_kind, mapper=mapper.name,
-                    reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
-                ))
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        mapper=mapper.name,
+                        reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
+                    )
+                )
                 continue
             spec = scheme.layer_specs[mapper.layer_kind]
             ctx = ConversionContext(name, mapper.layer_kind, scheme, spec, registry, shared)
             try:
                 converted = mapper.convert_state_dict(prefix, tensors, ctx)
             except LayerSkipped as skip:
-                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
-                                           mapper=mapper.name, reason=skip.reason))
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        mapper=mapper.name,
+                        reason=skip.reason,
+                    )
+                )
                 continue
             except QuantcoreError:
                 raise
@@ -286,12 +338,20 @@ def quantize_state_dict(
                 del remaining[prefix + key]
             for key, t in converted.items():
                 output[prefix + key] = t
-            reports.append(LayerReport(
-                name, layer_type, "quantized", mapper.layer_kind, scheme=scheme.name,
-                granularity=spec.describe(), mapper=mapper.name,
-                bytes_before=tensor_bytes(tensors.values()),
-                bytes_after=tensor_bytes(converted.values()), notes=tuple(ctx.notes),
-            ))
+            reports.append(
+                LayerReport(
+                    name,
+                    layer_type,
+                    "quantized",
+                    mapper.layer_kind,
+                    scheme=scheme.name,
+                    granularity=spec.describe(),
+                    mapper=mapper.name,
+                    bytes_before=tensor_bytes(tensors.values()),
+                    bytes_after=tensor_bytes(converted.values()),
+                    notes=tuple(ctx.notes),
+                )
+            )
 
     groups: dict[str, list[str]] = {}
     for key, t in remaining.items():
@@ -304,18 +364,30 @@ def quantize_state_dict(
     for prefix, keys in groups.items():
         matrices = [k for k in keys if remaining[k].dim() >= 2]
         if matrices:
-            reports.append(LayerReport(
-                prefix, "<tensors>", "skipped",
-                reason=f"no mapper recognizes {', '.join(k.rpartition('.')[2] for k in matrices)}",
-            ))
+            reports.append(
+                LayerReport(
+                    prefix,
+                    "<tensors>",
+                    "skipped",
+                    reason=f"no mapper recognizes {', '.join(k.rpartition('.')[2] for k in matrices)}",
+                )
+            )
         else:
-            reports.append(LayerReport(prefix, "<tensors>", "kept",
-                                       reason="vectors (norm scales, biases) stay in float"))
+            reports.append(
+                LayerReport(
+                    prefix,
+                    "<tensors>",
+                    "kept",
+                    reason="vectors (norm scales, biases) stay in float",
+                )
+            )
     order = {key.rpartition(".")[0]: i for i, key in enumerate(state_dict)}
     ordered = {k: output[k] for k in sorted(output, key=lambda k: _key_order(k, state_dict, order))}
     reports.sort(key=lambda r: order.get(r.name, len(order)))
     return ordered, reports
 
 
-def _key_order(key: str, original: Mapping[str, torch.Tensor], order: Mapping[str, int]) -> tuple[int, str]:
+def _key_order(
+    key: str, original: Mapping[str, torch.Tensor], order: Mapping[str, int]
+) -> tuple[int, str]:
     return (order.get(key.rpartition(".")[0], len(order)), key)

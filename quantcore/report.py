@@ -73,7 +73,11 @@ class QuantizationReport:
         type_width = min(36, max((len(layer.layer_type) for layer in self.layers), default=4))
         for layer in self.layers:
             if layer.status == "quantized":
-                detail = f"{layer.granularity}; kernel {layer.kernel}" if layer.kernel else f"{layer.granularity}"
+                detail = (
+                    f"{layer.granularity}; kernel {layer.kernel}"
+                    if layer.kernel
+                    else f"{layer.granularity}"
+                )
             else:
                 detail = layer.reason or ""
             extra = f" [{'; '.join(layer.notes)}]" if layer.notes else ""

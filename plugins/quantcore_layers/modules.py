@@ -47,7 +47,9 @@ class QuantizedModule(nn.Module):
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())
         self.kernel_name = backend.name
 
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantizedModule:
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> QuantizedModule:
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._prepare_kernel()
         return self
