@@ -1,0 +1,2 @@
+def hf_entries():
+    return []
