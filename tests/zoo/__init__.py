@@ -30,8 +30,9 @@ test checks that every entry's declared ``layer_kinds`` equals the scan.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

