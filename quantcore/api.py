@@ -263,7 +263,7 @@ def _check_selectors_used(
             for layer in layers
         )
         if not hit:
-            unused.append((o.source, f"overrides[{o.index - 1}]", o.match or o.layer_type or ""))
+            unused.append((o.source, f"overrides[{o.index}]", o.match or o.layer_type or ""))
     shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
     for source, key, pattern in unused:
         error = ConfigValueError(

@@ -17,6 +17,7 @@ define them.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import logging
 import os
@@ -42,7 +43,7 @@ from quantcore.specs import Granularity, LayerSpec
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 if TYPE_CHECKING:
     from quantcore.plugin_manager import Registry
@@ -120,14 +121,14 @@ class Override:
         return {k: v for k, v in values.items() if v is not None}
 
     def describe(self) -> str:
-        """``#1 (match 'head', layer_type 'Linear'): dtype=fp16``, as report lines show it."""
+        """``overrides[0] (match 'head', layer_type 'Linear'): dtype=fp16``, as reports show it."""
         selectors = []
         if self.match is not None:
             selectors.append(f"match {self.match!r}")
         if self.layer_type is not None:
             selectors.append(f"layer_type {self.layer_type!r}")
         settings = ", ".join(f"{k}={_toml_value(v)}" for k, v in self.settings().items())
-        return f"#{self.index} ({', '.join(selectors)}): {settings}"
+        return f"overrides[{self.index}] ({', '.join(selectors)}): {settings}"
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -251,7 +252,7 @@ def pattern_matches(pattern: str, name: str) -> bool:
     parts = name.split(".") if name else [""]
     prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
     if pattern.startswith(REGEX_PREFIX):
-        regex = re.compile(pattern[len(REGEX_PREFIX):])
+        regex = re.compile(pattern[len(REGEX_PREFIX) :])
         return any(regex.fullmatch(prefix) for prefix in prefixes)
     return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes)
 
@@ -313,7 +314,7 @@ def apply_overrides(spec: LayerSpec, overrides: Sequence[Override]) -> tuple[Lay
             continue
         if weight.granularity is Granularity.NONE:
             notes.append(
-                f"override #{o.index} {', '.join(sorted(changes))} ignored: this scheme stores "
+                f"overrides[{o.index}] {', '.join(sorted(changes))} ignored: the scheme stores "
                 "weights without scales"
             )
             continue
@@ -352,7 +353,8 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 def _read_toml(path: Path, source: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
     except FileNotFoundError:
         raise ConfigFileError(source, None, "the file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
@@ -362,14 +364,22 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
 
 
 def _type_name(value: object) -> str:
-    names = {bool: "boolean", str: "string", int: "integer", float: "float", list: "list",
-             dict: "table"}
+    names = {
+        bool: "boolean",
+        str: "string",
+        int: "integer",
+        float: "float",
+        list: "list",
+        dict: "table",
+    }
     return names.get(type(value), type(value).__name__)
 
 
 def _expect_str(value: object, source: str, key: str, expected: str) -> str:
     if not isinstance(value, str):
-        raise ConfigTypeError(source, key, f"must be a {expected}, got {_type_name(value)} {value!r}")
+        raise ConfigTypeError(
+            source, key, f"must be a {expected}, got {_type_name(value)} {value!r}"
+        )
     if not value.strip():
         raise ConfigValueError(source, key, "must not be empty")
     return value
@@ -383,13 +393,11 @@ def _expect_bool(value: object, source: str, key: str) -> bool:
     return value
 
 
-def _expect_str_list(
-    value: object, source: str, key: str, *, allow_str: bool
-) -> tuple[str, ...]:
+def _expect_str_list(value: object, source: str, key: str, *, allow_str: bool) -> tuple[str, ...]:
     if isinstance(value, str) and allow_str:
         value = [value]
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-        hint = f' (write [{value!r}])'.replace("'", '"') if isinstance(value, str) else ""
+        hint = f" (write [{value!r}])".replace("'", '"') if isinstance(value, str) else ""
         raise ConfigTypeError(
             source, key, f"must be a list of strings, got {_type_name(value)} {value!r}{hint}"
         )
@@ -403,7 +411,7 @@ def _check_patterns(patterns: Sequence[str], source: str, key: str) -> None:
     for i, pattern in enumerate(patterns):
         if pattern.startswith(REGEX_PREFIX):
             try:
-                re.compile(pattern[len(REGEX_PREFIX):])
+                re.compile(pattern[len(REGEX_PREFIX) :])
             except re.error as exc:
                 raise ConfigValueError(
                     source, f"{key}[{i}]", f"invalid regular expression {pattern!r}: {exc}"
@@ -423,10 +431,12 @@ def _check_keys(
 
 def _parse_override(raw: object, source: str, key: str, index: int) -> Override:
     if isinstance(raw, Override):
-        return replace(raw, source=source, index=index)
+        raw = raw.to_dict()  # validated like a table, so a hand-built Override gets the same checks
     if not isinstance(raw, Mapping):
         raise ConfigTypeError(
-            source, key, f"must be a table (match = ..., dtype = ...), got {_type_name(raw)} {raw!r}"
+            source,
+            key,
+            f"must be a table (match = ..., dtype = ...), got {_type_name(raw)} {raw!r}",
         )
     _check_keys(raw, OVERRIDE_KEYS, source, f"{key}.")
     values: dict[str, Any] = {}
@@ -440,8 +450,11 @@ def _parse_override(raw: object, source: str, key: str, index: int) -> Override:
         text = _expect_str(raw["granularity"], source, f"{key}.granularity", "string")
         if text not in OVERRIDE_GRANULARITIES:
             raise ConfigValueError(
-                source, f"{key}.granularity", f"unknown weight granularity {text!r}",
-                allowed=OVERRIDE_GRANULARITIES, got=text,
+                source,
+                f"{key}.granularity",
+                f"unknown weight granularity {text!r}",
+                allowed=OVERRIDE_GRANULARITIES,
+                got=text,
             )
         values["granularity"] = Granularity(text)
     if "match" not in values and "layer_type" not in values:
@@ -449,9 +462,7 @@ def _parse_override(raw: object, source: str, key: str, index: int) -> Override:
             source, key, "an override needs match (layer-name pattern) or layer_type, or both"
         )
     if not any(name in values for name in _OVERRIDE_SETTINGS):
-        raise ConfigValueError(
-            source, key, "the override sets nothing", allowed=_OVERRIDE_SETTINGS
-        )
+        raise ConfigValueError(source, key, "the override sets nothing", allowed=_OVERRIDE_SETTINGS)
     if "match" in values:
         _check_patterns([values["match"]], source, f"{key}.match")
     return Override(source=source, index=index, **values)
@@ -495,12 +506,13 @@ def parse_settings(
         elif key == "overrides":
             if isinstance(value, (Mapping, str, Override)) or not isinstance(value, (list, tuple)):
                 raise ConfigTypeError(
-                    source, shown,
+                    source,
+                    shown,
                     f"must be an array of tables ([[overrides]] in TOML, a list of dicts in "
                     f"Python), got {_type_name(value)} {value!r}",
                 )
             out[key] = tuple(
-                _parse_override(raw, source, f"{shown}[{i}]", i + 1) for i, raw in enumerate(value)
+                _parse_override(raw, source, f"{shown}[{i}]", i) for i, raw in enumerate(value)
             )
     return out
 
@@ -550,12 +562,13 @@ def resolve_config(
         elif config is not None:
             if not isinstance(config, (str, os.PathLike)):
                 raise ConfigTypeError(
-                    PARAMETER_SOURCE, "config",
+                    PARAMETER_SOURCE,
+                    "config",
                     f"must be a path, a mapping or a QuantizeConfig, got {type(config).__name__}",
                 )
-            explicit = ("config=", Path(config))
+            explicit = ("config=", Path(config).expanduser().absolute())
         elif env.get(CONFIG_ENV_VAR, "").strip():
-            explicit = (CONFIG_ENV_VAR, Path(env[CONFIG_ENV_VAR].strip()))
+            explicit = (CONFIG_ENV_VAR, Path(env[CONFIG_ENV_VAR].strip()).expanduser().absolute())
 
         if explicit is None and mapping_layer is None:
             user = user_config_path(env)
@@ -567,16 +580,21 @@ def resolve_config(
             table = _read_pyproject(pyproject)
             if table is not None:
                 layers.append((f"pyproject {pyproject}", table))
-            files.append(ConfigFile(
-                "pyproject", str(pyproject), table is not None,
-                "" if table is not None else "no [tool.quantcore] table",
-            ))
+            files.append(
+                ConfigFile(
+                    "pyproject",
+                    str(pyproject),
+                    table is not None,
+                    "" if table is not None else "no [tool.quantcore] table",
+                )
+            )
         if explicit is not None:
             role, path = explicit
             if not path.is_file():
-                how = "config=" if role == "config=" else f"${CONFIG_ENV_VAR}"
+                how = "config= / --config" if role == "config=" else f"${CONFIG_ENV_VAR}"
                 raise ConfigFileError(
-                    f"file {path}", None,
+                    f"file {path}",
+                    None,
                     f"the configuration file named by {how} does not exist; fix the path or "
                     f"remove {how}",
                 )
@@ -632,6 +650,30 @@ def load_config(
     return resolve_config(path, cwd=cwd)
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--config FILE`` option; pass its value to :func:`effective_config` or ``quantize``."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"TOML configuration file (default: ${CONFIG_ENV_VAR}, else the user config file "
+        f"{user_config_path()}); settings given as options still win",
+    )
+
+
+def effective_config(
+    config: ConfigInput = None, *, parameters: Mapping[str, Any] | None = None
+) -> QuantizeConfig:
+    """Resolve the configuration and check its names against the plugins it would load: what
+    ``quantcore config show`` prints, and what a quantize() call with the same arguments uses."""
+    from quantcore.plugin_manager import create_plugin_manager
+
+    resolved = resolve_config(config, parameters=parameters)
+    manager = create_plugin_manager(disable=resolved.disable_plugins, strict=resolved.strict)
+    validate_names(resolved, manager.registry())
+    return resolved
+
+
 # -- validation against the loaded plugins ---------------------------------------------------
 
 
@@ -643,15 +685,21 @@ def validate_names(config: QuantizeConfig, registry: Registry) -> None:
     """
     _check_scheme(config.dtype, config.source("dtype"), "dtype", registry)
     for o in config.overrides:
-        key = f"overrides[{o.index - 1}]"
+        key = f"overrides[{o.index}]"
         if o.dtype is not None:
             _check_scheme(o.dtype, o.source, f"{key}.dtype", registry)
         if o.observer is not None and o.observer not in registry.observers:
             raise ConfigValueError(
-                o.source, f"{key}.observer", f"unknown observer {o.observer!r}",
-                allowed=[f"{n!r} (from {registry.provider('observer', n)})"
-                         for n in sorted(registry.observers)] or ["none (no observer plugin loaded)"],
-                got=o.observer, choices=list(registry.observers),
+                o.source,
+                f"{key}.observer",
+                f"unknown observer {o.observer!r}",
+                allowed=[
+                    f"{n!r} (from {registry.provider('observer', n)})"
+                    for n in sorted(registry.observers)
+                ]
+                or ["none (no observer plugin loaded)"],
+                got=o.observer,
+                choices=list(registry.observers),
             )
 
 
@@ -662,10 +710,14 @@ def _check_scheme(name: str, source: str, key: str, registry: Registry) -> None:
         if source == PARAMETER_SOURCE:
             raise
         raise ConfigValueError(
-            source, key, f"unknown scheme {name!r}",
-            allowed=[describe_schemes(exc.available, exc.aliases)] if exc.available
+            source,
+            key,
+            f"unknown scheme {name!r}",
+            allowed=[describe_schemes(exc.available, exc.aliases)]
+            if exc.available
             else ["none (no scheme plugin is loaded)"],
-            got=name, choices=[*exc.available, *(a for v in exc.aliases.values() for a in v)],
+            got=name,
+            choices=[*exc.available, *(a for v in exc.aliases.values() for a in v)],
         ) from None
 
 
@@ -676,6 +728,8 @@ def log_level_number(level: str) -> int:
 __all__ = [
     "CONFIG_ENV_VAR",
     "ConfigError",
+    "add_config_argument",
+    "effective_config",
     "ConfigFile",
     "LayerDecision",
     "Override",

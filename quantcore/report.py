@@ -89,7 +89,7 @@ class QuantizationReport:
                 detail = layer.reason or ""
             extra = f" [{'; '.join(layer.notes)}]" if layer.notes else ""
             if layer.override:
-                extra += f" [override {layer.override}]"
+                extra += f" [{layer.override}]"
             lines.append(
                 f"  {layer.status:<9} {layer.name or '<root>':<{name_width}} {layer.layer_type:<{type_width}} {detail}{extra}"
             )
