@@ -19,7 +19,12 @@ from quantcore.config import (
     resolve_config,
     validate_names,
 )
-from quantcore.errors import ConfigValueError, UnknownSchemeError, UnsupportedInputError
+from quantcore.errors import (
+    ConfigValueError,
+    NothingToQuantizeError,
+    UnknownSchemeError,
+    UnsupportedInputError,
+)
 from quantcore.orchestrate import (
     Selection,
     module_bytes,
@@ -212,6 +217,14 @@ def _quantize(
         type_names = {}
 
     _check_selectors_used(config, layers, type_names)
+    if config.strict and not any(layer.status == "quantized" for layer in layers):
+        reasons = "; ".join(f"{r.name or '<root>'}: {r.reason}" for r in layers[:5] if r.reason)
+        raise NothingToQuantizeError(
+            f"nothing was quantized with scheme {scheme.name!r} and strict=True: "
+            f"{len(layers)} layer(s) with weights, none quantized ({reasons or 'the input has no layers'}). "
+            "Widen include/exclude/overrides, install a plugin that handles these layers, or drop "
+            "strict to get the report instead."
+        )
     report = QuantizationReport(
         scheme=scheme.name,
         input_description=adapted.description,
@@ -219,7 +232,7 @@ def _quantize(
         size_before=size_before,
         size_after=size_after,
         notes=adapted.notes,
-        plugins=tuple(name for name, _ in manager.list_name_plugin()),
+        plugins=tuple(name for name, p in manager.list_name_plugin() if p is not None),
         config=config,
     )
     _log_report(report)
