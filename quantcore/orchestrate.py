@@ -370,7 +370,10 @@ def quantize_state_dict(
         output[key] = clone
         if t.is_floating_point():
             groups.setdefault(key.rpartition(".")[0], []).append(key)
+    reported = {r.name for r in reports}  # layers left in float on purpose already have a line
     for prefix, keys in groups.items():
+        if prefix in reported:
+            continue
         matrices = [k for k in keys if remaining[k].dim() >= 2]
         if matrices:
             reports.append(LayerReport(
