@@ -23,7 +23,9 @@ def _empty_config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch, _empty_config_home: Path) -> Iterator[None]:
+def _isolate_environment(
+    monkeypatch: pytest.MonkeyPatch, _empty_config_home: Path
+) -> Iterator[None]:
     # No test may read the developer's own configuration file or environment.
     monkeypatch.delenv(quantcore.DISABLE_ENV_VAR, raising=False)
     monkeypatch.delenv(quantcore.CONFIG_ENV_VAR, raising=False)
@@ -41,3 +43,15 @@ def fingerprint(module: nn.Module) -> dict[str, object]:
     out["__types__"] = [(n, type(m).__name__) for n, m in module.named_modules(remove_duplicate=False)]
     out["__training__"] = [m.training for m in module.modules()]
     return out
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An XDG config home of this test's own, and a working directory without a pyproject.toml."""
+    home = tmp_path / "xdg"
+    (home / "quantcore").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home

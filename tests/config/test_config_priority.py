@@ -95,11 +95,23 @@ CASES = [
     Case("include", (), 'include = ["0"]', ("0",), ["2"], ("2",), _include),
     Case("exclude", (), 'exclude = ["0"]', ("0",), "2", ("2",), _exclude),
     Case(
-        "overrides", (), '[[overrides]]\nmatch = "0"\nskip = true', "0",
-        [{"match": "2", "skip": True}], "2", _overrides,
+        "overrides",
+        (),
+        '[[overrides]]\nmatch = "0"\nskip = true',
+        "0",
+        [{"match": "2", "skip": True}],
+        "2",
+        _overrides,
     ),
-    Case("disable_plugins", (), 'disable_plugins = ["fp16"]', ("fp16",), ["int8"], ("int8",),
-         _disable_plugins),
+    Case(
+        "disable_plugins",
+        (),
+        'disable_plugins = ["fp16"]',
+        ("fp16",),
+        ["int8"],
+        ("int8",),
+        _disable_plugins,
+    ),
     Case("strict", False, "strict = true", True, False, False, _strict),
     Case("log_level", None, 'log_level = "error"', "ERROR", "warning", "WARNING", _log_level),
 ]
@@ -213,7 +225,9 @@ def test_pyproject_ranks_between_explicit_file_and_user_file(
     project = tmp_path / "project"
     (project / "src" / "pkg").mkdir(parents=True)
     pyproject = project / "pyproject.toml"
-    pyproject.write_text('[project]\nname = "x"\n\n[tool.quantcore]\ndtype = "int8"\nexclude = ["a"]\n')
+    pyproject.write_text(
+        '[project]\nname = "x"\n\n[tool.quantcore]\ndtype = "int8"\nexclude = ["a"]\n'
+    )
     monkeypatch.chdir(project / "src" / "pkg")  # found by walking up
     config = resolve_config()
     assert config.dtype == "int8" and config.source("dtype") == f"pyproject {pyproject}"

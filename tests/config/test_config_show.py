@@ -11,7 +11,14 @@ from cfg_helpers import small_model, write_user_config
 import quantcore
 from quantcore.cli import main
 
-FILE = 'dtype = "fp16"\nexclude = ["2"]\nlog_level = "info"\n\n[[overrides]]\nmatch = "0"\nsymmetric = false\n'
+FILE = """dtype = "fp16"
+exclude = ["2"]
+log_level = "info"
+
+[[overrides]]
+match = "0"
+symmetric = false
+"""
 
 
 def test_config_show_prints_every_setting_value_and_source(
@@ -21,8 +28,11 @@ def test_config_show_prints_every_setting_value_and_source(
     path.write_text(FILE)
     assert main(["config", "show", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("    ") and
-            line.split()[0] in quantcore.config.SETTINGS}
+    rows = {
+        line.split()[0]: line
+        for line in out.splitlines()
+        if line.startswith("    ") and line.split()[0] in quantcore.config.SETTINGS
+    }
     assert set(rows) == set(quantcore.config.SETTINGS)
     assert "fp16" in rows["dtype"] and f"[file {path}]" in rows["dtype"]
     assert "2" in rows["exclude"] and f"[file {path}]" in rows["exclude"]

@@ -12,53 +12,151 @@ from quantcore.config import effective_config, resolve_config
 
 # (id, file text, error type, key named, fragments the message must contain)
 MALFORMED = [
-    ("unknown-key", 'dtyp = "int8"\n', quantcore.UnknownConfigKeyError, "dtyp",
-     ["unknown key", "allowed: dtype, include", "did you mean 'dtype'?"]),
-    ("unknown-override-key", '[[overrides]]\nmatch = "0"\ngranularty = "per_tensor"\n',
-     quantcore.UnknownConfigKeyError, "overrides[0].granularty",
-     ["allowed: match, layer_type, dtype, granularity", "did you mean 'granularity'?"]),
-    ("dtype-not-string", "dtype = 8\n", quantcore.ConfigTypeError, "dtype",
-     ["must be a string", "got integer 8"]),
-    ("include-string", 'include = "encoder.*"\n', quantcore.ConfigTypeError, "include",
-     ["must be a list of strings", 'write ["encoder.*"]']),
-    ("exclude-item-not-string", "exclude = [1]\n", quantcore.ConfigTypeError, "exclude[0]",
-     ["must be a string", "got integer 1"]),
-    ("disable-plugins-bool", "disable_plugins = true\n", quantcore.ConfigTypeError,
-     "disable_plugins", ["must be a list of strings"]),
-    ("strict-string", 'strict = "yes"\n', quantcore.ConfigTypeError, "strict",
-     ["must be a boolean (true or false)", "got string 'yes'"]),
-    ("overrides-table", '[overrides]\nmatch = "0"\n', quantcore.ConfigTypeError, "overrides",
-     ["must be an array of tables ([[overrides]]"]),
-    ("override-symmetric-string", '[[overrides]]\nmatch = "0"\nsymmetric = "no"\n',
-     quantcore.ConfigTypeError, "overrides[0].symmetric", ["must be a boolean"]),
-    ("unknown-granularity", '[[overrides]]\nmatch = "0"\ngranularity = "per_chanel"\n',
-     quantcore.ConfigValueError, "overrides[0].granularity",
-     ["unknown weight granularity 'per_chanel'", "allowed: per_tensor, per_channel",
-      "did you mean 'per_channel'?"]),
-    ("unknown-log-level", 'log_level = "warn"\n', quantcore.ConfigValueError, "log_level",
-     ["unknown log level 'warn'", "allowed: DEBUG, INFO, WARNING, ERROR, CRITICAL",
-      "did you mean 'WARNING'?"]),
-    ("bad-regex", 'exclude = ["re:enc(oder"]\n', quantcore.ConfigValueError, "exclude[0]",
-     ["invalid regular expression 're:enc(oder'"]),
-    ("override-without-selector", '[[overrides]]\ndtype = "fp16"\n', quantcore.ConfigValueError,
-     "overrides[0]", ["needs match (layer-name pattern) or layer_type"]),
-    ("override-sets-nothing", '[[overrides]]\nmatch = "0"\n', quantcore.ConfigValueError,
-     "overrides[0]", ["sets nothing", "allowed: dtype, granularity, symmetric, observer, skip"]),
-    ("synonym-twice", 'dtype = "int8"\nscheme = "fp16"\n', quantcore.ConfigValueError, "scheme",
-     ["second time"]),
+    (
+        "unknown-key",
+        'dtyp = "int8"\n',
+        quantcore.UnknownConfigKeyError,
+        "dtyp",
+        ["unknown key", "allowed: dtype, include", "did you mean 'dtype'?"],
+    ),
+    (
+        "unknown-override-key",
+        '[[overrides]]\nmatch = "0"\ngranularty = "per_tensor"\n',
+        quantcore.UnknownConfigKeyError,
+        "overrides[0].granularty",
+        ["allowed: match, layer_type, dtype, granularity", "did you mean 'granularity'?"],
+    ),
+    (
+        "dtype-not-string",
+        "dtype = 8\n",
+        quantcore.ConfigTypeError,
+        "dtype",
+        ["must be a string", "got integer 8"],
+    ),
+    (
+        "include-string",
+        'include = "encoder.*"\n',
+        quantcore.ConfigTypeError,
+        "include",
+        ["must be a list of strings", 'write ["encoder.*"]'],
+    ),
+    (
+        "exclude-item-not-string",
+        "exclude = [1]\n",
+        quantcore.ConfigTypeError,
+        "exclude[0]",
+        ["must be a string", "got integer 1"],
+    ),
+    (
+        "disable-plugins-bool",
+        "disable_plugins = true\n",
+        quantcore.ConfigTypeError,
+        "disable_plugins",
+        ["must be a list of strings"],
+    ),
+    (
+        "strict-string",
+        'strict = "yes"\n',
+        quantcore.ConfigTypeError,
+        "strict",
+        ["must be a boolean (true or false)", "got string 'yes'"],
+    ),
+    (
+        "overrides-table",
+        '[overrides]\nmatch = "0"\n',
+        quantcore.ConfigTypeError,
+        "overrides",
+        ["must be an array of tables ([[overrides]]"],
+    ),
+    (
+        "override-symmetric-string",
+        '[[overrides]]\nmatch = "0"\nsymmetric = "no"\n',
+        quantcore.ConfigTypeError,
+        "overrides[0].symmetric",
+        ["must be a boolean"],
+    ),
+    (
+        "unknown-granularity",
+        '[[overrides]]\nmatch = "0"\ngranularity = "per_chanel"\n',
+        quantcore.ConfigValueError,
+        "overrides[0].granularity",
+        [
+            "unknown weight granularity 'per_chanel'",
+            "allowed: per_tensor, per_channel",
+            "did you mean 'per_channel'?",
+        ],
+    ),
+    (
+        "unknown-log-level",
+        'log_level = "warn"\n',
+        quantcore.ConfigValueError,
+        "log_level",
+        [
+            "unknown log level 'warn'",
+            "allowed: DEBUG, INFO, WARNING, ERROR, CRITICAL",
+            "did you mean 'WARNING'?",
+        ],
+    ),
+    (
+        "bad-regex",
+        'exclude = ["re:enc(oder"]\n',
+        quantcore.ConfigValueError,
+        "exclude[0]",
+        ["invalid regular expression 're:enc(oder'"],
+    ),
+    (
+        "override-without-selector",
+        '[[overrides]]\ndtype = "fp16"\n',
+        quantcore.ConfigValueError,
+        "overrides[0]",
+        ["needs match (layer-name pattern) or layer_type"],
+    ),
+    (
+        "override-sets-nothing",
+        '[[overrides]]\nmatch = "0"\n',
+        quantcore.ConfigValueError,
+        "overrides[0]",
+        ["sets nothing", "allowed: dtype, granularity, symmetric, observer, skip"],
+    ),
+    (
+        "synonym-twice",
+        'dtype = "int8"\nscheme = "fp16"\n',
+        quantcore.ConfigValueError,
+        "scheme",
+        ["second time"],
+    ),
     ("empty-dtype", 'dtype = " "\n', quantcore.ConfigValueError, "dtype", ["must not be empty"]),
 ]
 
 # Names the plugins define: only checkable once plugins are loaded.
 UNKNOWN_NAMES = [
-    ("unknown-scheme", 'dtype = "in8"\n', "dtype",
-     ["unknown scheme 'in8'", "'int8' (aliases: qint8, dynamic_int8; from plugin 'int8'",
-      "'fp16' (aliases: float16, half; from plugin 'fp16'", "did you mean 'int8'?"]),
-    ("unknown-override-scheme", '[[overrides]]\nmatch = "0"\ndtype = "fp61"\n',
-     "overrides[0].dtype", ["unknown scheme 'fp61'", "did you mean 'fp16'?"]),
-    ("unknown-observer", '[[overrides]]\nmatch = "0"\nobserver = "minmux"\n',
-     "overrides[0].observer",
-     ["unknown observer 'minmux'", "'minmax' (from plugin 'observers'", "did you mean 'minmax'?"]),
+    (
+        "unknown-scheme",
+        'dtype = "in8"\n',
+        "dtype",
+        [
+            "unknown scheme 'in8'",
+            "'int8' (aliases: qint8, dynamic_int8; from plugin 'int8'",
+            "'fp16' (aliases: float16, half; from plugin 'fp16'",
+            "did you mean 'int8'?",
+        ],
+    ),
+    (
+        "unknown-override-scheme",
+        '[[overrides]]\nmatch = "0"\ndtype = "fp61"\n',
+        "overrides[0].dtype",
+        ["unknown scheme 'fp61'", "did you mean 'fp16'?"],
+    ),
+    (
+        "unknown-observer",
+        '[[overrides]]\nmatch = "0"\nobserver = "minmux"\n',
+        "overrides[0].observer",
+        [
+            "unknown observer 'minmux'",
+            "'minmax' (from plugin 'observers'",
+            "did you mean 'minmax'?",
+        ],
+    ),
 ]
 
 
@@ -118,7 +216,9 @@ def test_missing_explicit_file_and_environment_file(
     with pytest.raises(quantcore.ConfigFileError, match="config= / --config does not exist"):
         resolve_config(missing)
     monkeypatch.setenv(quantcore.CONFIG_ENV_VAR, str(missing))
-    with pytest.raises(quantcore.ConfigFileError, match=r"\$QUANTCORE_CONFIG does not exist") as info:
+    with pytest.raises(
+        quantcore.ConfigFileError, match=r"\$QUANTCORE_CONFIG does not exist"
+    ) as info:
         quantcore.quantize(small_model())
     assert str(missing) in str(info.value)
 
@@ -143,7 +243,9 @@ def test_pyproject_errors_name_the_table_key(
 
 
 def test_wrong_parameter_values_are_config_errors(config_home: Path) -> None:
-    with pytest.raises(quantcore.ConfigTypeError, match="parameter: key 'strict': must be a boolean"):
+    with pytest.raises(
+        quantcore.ConfigTypeError, match="parameter: key 'strict': must be a boolean"
+    ):
         quantcore.quantize(small_model(), strict="yes")  # type: ignore[call-overload]
     with pytest.raises(quantcore.ConfigValueError, match="did you mean 'per_tensor'"):
         quantcore.quantize(small_model(), overrides=[{"match": "0", "granularity": "per_tensr"}])
