@@ -185,6 +185,12 @@ def _quantize(
     output: Output,
     plugin_manager: QuantcorePluginManager | None,
 ) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
+    if plugin_manager is not None and config.disable_plugins:
+        logger.info(
+            "disable_plugins (%s, from %s) does not apply: the plugin_manager passed in is used "
+            "as is",
+            ", ".join(config.disable_plugins), config.source("disable_plugins"),
+        )
     manager = _plugin_manager(plugin_manager, config.disable_plugins, config.strict)
     registry = manager.registry()
     try:
@@ -221,7 +227,8 @@ def _quantize(
         reasons = "; ".join(f"{r.name or '<root>'}: {r.reason}" for r in layers[:5] if r.reason)
         raise NothingToQuantizeError(
             f"nothing was quantized with scheme {scheme.name!r} and strict=True: "
-            f"{len(layers)} layer(s) with weights, none quantized ({reasons or 'the input has no layers'}). "
+            f"{len(layers)} layer(s) with weights, none quantized "
+            f"({reasons or 'the input has no layers'}). "
             "Widen include/exclude/overrides, install a plugin that handles these layers, or drop "
             "strict to get the report instead."
         )

@@ -97,7 +97,7 @@ def manager_with_halving_observer() -> Iterator[quantcore.QuantcorePluginManager
                 p = minmax(tensor, **kw)  # type: ignore[arg-type]
                 return quantcore.QuantParams(p.scale * 2, p.zero_point, p.qmin, p.qmax)
 
-            yield quantcore.Observer(name="doubled", compute=doubled)  # type: ignore[arg-type]
+            yield quantcore.Observer(name="doubled", compute=doubled)
 
     manager = quantcore.create_plugin_manager()
     manager.register_plugin(HalvingObserver(), "test-doubled")
