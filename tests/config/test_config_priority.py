@@ -260,3 +260,10 @@ def test_disable_plugins_environment_adds_to_configured(
     config = resolve_config()
     assert config.disable_plugins == ("fp16", "someplugin")
     assert config.source("disable_plugins").endswith("+ environment")
+
+
+def test_scheme_is_a_synonym_of_dtype(config_home: Path) -> None:
+    path = write_user_config(config_home, 'scheme = "half"\n')
+    config = resolve_config()
+    assert config.dtype == "half" and config.source("dtype") == f"file {path}"
+    assert quantcore.quantize(small_model()).report.scheme == "fp16"  # alias resolved by the plugin
