@@ -128,7 +128,11 @@ class Registry:
         for scheme in self.schemes.values():
             if key == scheme.name.lower() or key in (a.lower() for a in scheme.aliases):
                 return scheme
-        raise UnknownSchemeError(name, {n: self.provider("scheme", n) for n in self.schemes})
+        raise UnknownSchemeError(
+            name,
+            {n: self.provider("scheme", n) for n in self.schemes},
+            {n: s.aliases for n, s in self.schemes.items()},
+        )
 
     def observer(self, name: str) -> Observer:
         try:

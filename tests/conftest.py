@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +17,19 @@ def plugin_manager() -> quantcore.QuantcorePluginManager:
     return quantcore.create_plugin_manager()
 
 
+@pytest.fixture(scope="session")
+def _empty_config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-config-home")
+
+
 @pytest.fixture(autouse=True)
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolate_environment(
+    monkeypatch: pytest.MonkeyPatch, _empty_config_home: Path
+) -> Iterator[None]:
+    # No test may read the developer's own configuration file or environment.
     monkeypatch.delenv(quantcore.DISABLE_ENV_VAR, raising=False)
+    monkeypatch.delenv(quantcore.CONFIG_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(_empty_config_home))
     yield
 
 
@@ -39,3 +50,15 @@ def fingerprint(module: nn.Module) -> dict[str, object]:
     ]
     out["__training__"] = [m.training for m in module.modules()]
     return out
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An XDG config home of this test's own, and a working directory without a pyproject.toml."""
+    home = tmp_path / "xdg"
+    (home / "quantcore").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home
