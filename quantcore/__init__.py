@@ -8,8 +8,20 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 from importlib_metadata import PackageNotFoundError, version
 
 from quantcore.api import QuantizationResult, adapt_input, list_plugins, quantize
+from quantcore.config import (
+    CONFIG_ENV_VAR,
+    ConfigFile,
+    Override,
+    QuantizeConfig,
+    load_config,
+    resolve_config,
+)
 from quantcore.context import ConversionContext
 from quantcore.errors import (
+    ConfigError,
+    ConfigFileError,
+    ConfigTypeError,
+    ConfigValueError,
     InvalidRegistrationError,
     LayerQuantizationError,
     LayerSkipped,
@@ -20,9 +32,11 @@ from quantcore.errors import (
     PluginLoadWarning,
     QuantcoreError,
     QuantcoreWarning,
+    UnknownConfigKeyError,
     UnknownObserverError,
     UnknownSchemeError,
     UnsupportedInputError,
+    did_you_mean,
 )
 from quantcore.hookspecs import hookimpl, hookspec
 from quantcore.plugin_manager import (
@@ -60,10 +74,16 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CONFIG_ENV_VAR",
     "DISABLE_ENV_VAR",
     "ENTRY_POINT_GROUP",
     "ActivationSpec",
     "AdaptedInput",
+    "ConfigError",
+    "ConfigFile",
+    "ConfigFileError",
+    "ConfigTypeError",
+    "ConfigValueError",
     "ConversionContext",
     "Granularity",
     "InputAdapter",
@@ -77,6 +97,7 @@ __all__ = [
     "LayerSpec",
     "NothingToQuantizeError",
     "Observer",
+    "Override",
     "PluginCandidate",
     "PluginConflictError",
     "PluginError",
@@ -89,9 +110,11 @@ __all__ = [
     "QuantcoreWarning",
     "QuantizationReport",
     "QuantizationResult",
+    "QuantizeConfig",
     "QuantizedWeight",
     "Registry",
     "Scheme",
+    "UnknownConfigKeyError",
     "UnknownObserverError",
     "UnknownSchemeError",
     "UnsupportedInputError",
@@ -99,9 +122,12 @@ __all__ = [
     "__version__",
     "adapt_input",
     "create_plugin_manager",
+    "did_you_mean",
     "discover_plugins",
     "hookimpl",
     "hookspec",
     "list_plugins",
+    "load_config",
     "quantize",
+    "resolve_config",
 ]

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
 
-from quantcore.errors import UnsupportedInputError
-from quantcore.orchestrate import module_bytes, quantize_module, quantize_state_dict, tensor_bytes
+from quantcore.config import (
+    ConfigInput,
+    Override,
+    QuantizeConfig,
+    pattern_matches,
+    resolve_config,
+    validate_names,
+)
+from quantcore.errors import (
+    ConfigValueError,
+    NothingToQuantizeError,
+    UnknownSchemeError,
+    UnsupportedInputError,
+)
+from quantcore.orchestrate import (
+    Selection,
+    module_bytes,
+    quantize_module,
+    quantize_state_dict,
+    tensor_bytes,
+)
 from quantcore.plugin_manager import (
     PluginInfo,
     QuantcorePluginManager,
@@ -19,7 +39,7 @@ from quantcore.plugin_manager import (
     create_plugin_manager,
 )
 from quantcore.registrations import AdaptedInput
-from quantcore.report import QuantizationReport
+from quantcore.report import LayerReport, QuantizationReport
 
 logger = logging.getLogger("quantcore")
 
@@ -68,33 +88,67 @@ def _plugin_manager(
 
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["result"] = ...,
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype | None = ...,
+    *,
+    output: Literal["result"] = ...,
+    include: str | Iterable[str] | None = ...,
+    exclude: str | Iterable[str] | None = ...,
+    overrides: Iterable[Override | Mapping[str, Any]] | None = ...,
+    config: ConfigInput = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool | None = ...,
+    log_level: str | None = ...,
 ) -> QuantizationResult: ...
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["module"],
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype | None = ...,
+    *,
+    output: Literal["module"],
+    include: str | Iterable[str] | None = ...,
+    exclude: str | Iterable[str] | None = ...,
+    overrides: Iterable[Override | Mapping[str, Any]] | None = ...,
+    config: ConfigInput = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool | None = ...,
+    log_level: str | None = ...,
 ) -> nn.Module: ...
 @overload
 def quantize(
-    obj: object, dtype: str | torch.dtype = ..., *, output: Literal["state_dict"],
-    exclude: Iterable[str] = ..., plugin_manager: QuantcorePluginManager | None = ...,
-    disable_plugins: Iterable[str] | None = ..., strict: bool = ...,
+    obj: object,
+    dtype: str | torch.dtype | None = ...,
+    *,
+    output: Literal["state_dict"],
+    include: str | Iterable[str] | None = ...,
+    exclude: str | Iterable[str] | None = ...,
+    overrides: Iterable[Override | Mapping[str, Any]] | None = ...,
+    config: ConfigInput = ...,
+    plugin_manager: QuantcorePluginManager | None = ...,
+    disable_plugins: Iterable[str] | None = ...,
+    strict: bool | None = ...,
+    log_level: str | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 def quantize(
     obj: object,
-    dtype: str | torch.dtype = "int8",
+    dtype: str | torch.dtype | None = None,
     *,
     output: Output = "result",
-    exclude: Iterable[str] = (),
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    overrides: Iterable[Override | Mapping[str, Any]] | None = None,
+    config: ConfigInput = None,
     plugin_manager: QuantcorePluginManager | None = None,
     disable_plugins: Iterable[str] | None = None,
-    strict: bool = False,
+    strict: bool | None = None,
+    log_level: str | None = None,
 ) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
     """Quantize a model (``nn.Module``) or a state dict with dynamic quantization.
+
+    Every setting left as None comes from the configuration files, else its default (see
+    docs/configuration.md); a parameter always wins over a file.
 
     Args:
         obj: what to quantize. It is never modified.
@@ -102,36 +156,101 @@ def quantize(
             scheme a plugin provides. ``torch.int8`` and ``torch.float16`` are accepted too.
         output: ``"result"`` for a :class:`QuantizationResult`, ``"module"`` or ``"state_dict"``
             for just that part.
-        exclude: glob patterns of layer names (``"encoder.*"``, ``"lm_head"``) to keep in float;
-            a pattern matching a module excludes everything inside it.
+        include: layer-name patterns (glob, or ``re:<regex>``); only matching layers are quantized.
+        exclude: layer-name patterns to keep in float; a pattern matching a module excludes
+            everything inside it.
+        overrides: per-layer rules (:class:`quantcore.Override` or dicts with ``match``,
+            ``layer_type``, ``dtype``, ``granularity``, ``symmetric``, ``observer``, ``skip``).
+        config: a TOML file path, a mapping with the same keys, or a resolved
+            :class:`quantcore.QuantizeConfig`; replaces ``$QUANTCORE_CONFIG`` and the user file.
         plugin_manager: the plugins to use; by default a fresh manager from installed entry points.
         disable_plugins: plugin (entry-point) or distribution names not to load.
-        strict: turn third-party plugin failures into errors instead of warnings.
+        strict: turn third-party plugin failures, and patterns that match no layer, into errors.
+        log_level: level of the ``"quantcore"`` logger during this call (restored afterwards).
 
     Layers that cannot be quantized are kept in float and listed in the report as skipped.
     """
     if output not in ("result", "module", "state_dict"):
         raise ValueError(f"output must be 'result', 'module' or 'state_dict', not {output!r}")
-    scheme_name = _TORCH_DTYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
-    if not isinstance(scheme_name, str):
+    if isinstance(dtype, torch.dtype):
+        dtype = _TORCH_DTYPE_NAMES.get(dtype, str(dtype))
+    if dtype is not None and not isinstance(dtype, str):
         raise TypeError(f"dtype must be a scheme name such as 'int8' or 'fp16', not {dtype!r}")
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude)
-    manager = _plugin_manager(plugin_manager, disable_plugins, strict)
+    parameters = {
+        "dtype": dtype,
+        "include": _as_patterns(include),
+        "exclude": _as_patterns(exclude),
+        "overrides": None if overrides is None else list(overrides),
+        "disable_plugins": None if disable_plugins is None else list(disable_plugins),
+        "strict": strict,
+        "log_level": log_level,
+    }
+    with preserved_global_state():
+        effective = resolve_config(config, parameters=parameters)
+        with _logger_level(effective.log_level):
+            return _quantize(obj, effective, output, plugin_manager)
+
+
+def _as_patterns(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _quantize(
+    obj: object,
+    config: QuantizeConfig,
+    output: Output,
+    plugin_manager: QuantcorePluginManager | None,
+) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
+    if plugin_manager is not None and config.disable_plugins:
+        logger.info(
+            "disable_plugins (%s, from %s) does not apply: the plugin_manager passed in is used "
+            "as is",
+            ", ".join(config.disable_plugins),
+            config.source("disable_plugins"),
+        )
+    manager = _plugin_manager(plugin_manager, config.disable_plugins, config.strict)
     registry = manager.registry()
-    scheme = registry.scheme(scheme_name)
+    try:
+        validate_names(config, registry)
+        scheme = registry.scheme(config.dtype)
+    except UnknownSchemeError as exc:
+        hint = _unloaded_plugins_hint(manager)
+        if not hint:
+            raise
+        raise UnknownSchemeError(exc.name, exc.available, exc.aliases, hint) from None
     adapted = adapt_input(obj, registry)
+    selection = Selection(config.include, config.exclude, config.overrides)
 
     if adapted.module is not None:
-        module, layers = quantize_module(adapted.module, scheme, registry, exclude=patterns)
+        module, layers = quantize_module(adapted.module, scheme, registry, selection=selection)
         state_dict = module.state_dict()
         size_before, size_after = module_bytes(adapted.module), module_bytes(module)
+        type_names = {
+            name: (type(m).__name__, f"{type(m).__module__}.{type(m).__qualname__}")
+            for name, m in adapted.module.named_modules()
+        }
     else:
         assert adapted.state_dict is not None
         module = None
-        state_dict, layers = quantize_state_dict(adapted.state_dict, scheme, registry, exclude=patterns)
+        state_dict, layers = quantize_state_dict(
+            adapted.state_dict, scheme, registry, selection=selection
+        )
         size_before = tensor_bytes(adapted.state_dict.values())
         size_after = tensor_bytes(state_dict.values())
+        type_names = {}
 
+    _check_selectors_used(config, layers, type_names)
+    if config.strict and not any(layer.status == "quantized" for layer in layers):
+        reasons = "; ".join(f"{r.name or '<root>'}: {r.reason}" for r in layers[:5] if r.reason)
+        raise NothingToQuantizeError(
+            f"nothing was quantized with scheme {scheme.name!r} and strict=True: "
+            f"{len(layers)} layer(s) with weights, none quantized "
+            f"({reasons or 'the input has no layers'}). "
+            "Widen include/exclude/overrides, install a plugin that handles these layers, or drop "
+            "strict to get the report instead."
+        )
     report = QuantizationReport(
         scheme=scheme.name,
         input_description=adapted.description,
@@ -139,32 +258,127 @@ def quantize(
         size_before=size_before,
         size_after=size_after,
         notes=adapted.notes,
-        plugins=tuple(name for name, _ in manager.list_name_plugin()),
+        plugins=tuple(name for name, p in manager.list_name_plugin() if p is not None),
+        config=config,
     )
     _log_report(report)
     if output == "module":
         if module is None:
-            raise ValueError("output='module' needs a module input; a state dict gives output='state_dict'")
+            raise ValueError(
+                "output='module' needs a module input; a state dict gives output='state_dict'"
+            )
         return module
     if output == "state_dict":
         return state_dict
     return QuantizationResult(module=module, state_dict=state_dict, report=report)
 
 
+def _unloaded_plugins_hint(manager: QuantcorePluginManager) -> str:
+    """Name disabled or failed plugins: the scheme the caller wants may come from one of them."""
+    infos = [i for i in manager.plugin_infos() if i.status != "loaded"]
+    if not infos:
+        return ""
+    listed = ", ".join(f"{i.name!r} ({i.status})" for i in infos)
+    return (
+        f"Plugins not loaded: {listed}; a disabled plugin is enabled again by removing it from "
+        "disable_plugins / QUANTCORE_DISABLE_PLUGINS"
+    )
+
+
+def _check_selectors_used(
+    config: QuantizeConfig,
+    layers: Sequence[LayerReport],
+    type_names: Mapping[str, tuple[str, ...]],
+) -> None:
+    """A pattern or override that matches no layer is usually a typo: warn (error when strict)."""
+    names = [layer.name for layer in layers]
+    unused: list[tuple[str, str, str]] = []  # (source, key, pattern)
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(getattr(config, key)):
+            if not any(pattern_matches(pattern, name) for name in names):
+                unused.append((config.source(key), f"{key}[{i}]", pattern))
+    for o in config.overrides:
+        hit = any(
+            o.matches(
+                layer.name,
+                (*type_names.get(layer.name, (layer.layer_type,)), layer.layer_kind or ""),
+            )
+            for layer in layers
+        )
+        if not hit:
+            unused.append((o.source, f"overrides[{o.index}]", o.match or o.layer_type or ""))
+    shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    for source, key, pattern in unused:
+        error = ConfigValueError(
+            source,
+            key,
+            f"{pattern!r} matches no layer of the input (layers with weights: {shown or 'none'})",
+            got=pattern,
+            choices=names,
+        )
+        if config.strict:
+            raise error
+        logger.warning("%s (quantization continues)", error)
+
+
+@contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Leave torch's global settings as they were, whatever a plugin does or however it fails:
+    thread count, default dtype, grad mode and the CPU random generator."""
+    threads = torch.get_num_threads()
+    default_dtype = torch.get_default_dtype()
+    grad = torch.is_grad_enabled()
+    rng = torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if torch.get_default_dtype() != default_dtype:
+            torch.set_default_dtype(default_dtype)
+        torch.set_grad_enabled(grad)
+        torch.random.set_rng_state(rng)
+
+
+@contextmanager
+def _logger_level(level: str | None) -> Iterator[None]:
+    if level is None:
+        yield
+        return
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _log_report(report: QuantizationReport) -> None:
     if not report.quantized:
         logger.warning(
             "nothing was quantized with scheme %r: no layer of the input is handled by a loaded "
-            "layer mapper (see the report for every layer and the reason)", report.scheme,
+            "layer mapper (see the report for every layer and the reason)",
+            report.scheme,
         )
-    if report.skipped:
+    unsupported = [s for s in report.skipped if not s.requested]
+    if unsupported:
         logger.warning(
             "%d layer(s) kept in float because they could not be quantized: %s",
-            len(report.skipped),
-            "; ".join(f"{s.name or '<root>'} ({s.reason})" for s in report.skipped[:10])
-            + (" ..." if len(report.skipped) > 10 else ""),
+            len(unsupported),
+            _layer_list(unsupported),
+        )
+    requested = [s for s in report.skipped if s.requested]
+    if requested:
+        logger.info(
+            "%d layer(s) left in float as configured: %s", len(requested), _layer_list(requested)
         )
     logger.info("%s", report.summary())
+
+
+def _layer_list(layers: Sequence[LayerReport]) -> str:
+    return "; ".join(f"{s.name or '<root>'} ({s.reason})" for s in layers[:10]) + (
+        " ..." if len(layers) > 10 else ""
+    )
 
 
 def list_plugins(plugin_manager: QuantcorePluginManager | None = None) -> list[PluginInfo]:

@@ -48,6 +48,31 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from quantcore.config import effective_config
+
+    config = effective_config(args.config)
+    if args.json:
+        print(json.dumps(config.to_dict(), indent=2))
+    else:
+        print(config.describe())
+    return EXIT_OK
+
+
+def add_config_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``quantcore config show``: the effective configuration and where each value came from."""
+    from quantcore.config import add_config_argument
+
+    config = sub.add_parser("config", help="show the effective configuration and its sources")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser(
+        "show", help="print every setting, its value and where it came from; checks the files"
+    )
+    add_config_argument(show)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_cmd_config_show)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quantcore", description="Dynamic INT8/FP16 quantization for PyTorch models."
@@ -55,12 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="quantize an embedded default model and print the report")
-    demo.add_argument("--dtype", action="append", help="scheme to run (repeatable; default int8 and fp16)")
+    demo.add_argument(
+        "--dtype", action="append", help="scheme to run (repeatable; default int8 and fp16)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     plugins = sub.add_parser("plugins", help="list plugins, what they provide, and load failures")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=_cmd_plugins)
+
+    add_config_command(sub)
     return parser
 
 

@@ -38,7 +38,9 @@ class ConversionContext:
     shared: SharedState = field(default_factory=SharedState)
     notes: list[str] = field(default_factory=list)
 
-    def quantize_weight(self, weight: torch.Tensor, spec: WeightSpec | None = None) -> QuantizedWeight:
+    def quantize_weight(
+        self, weight: torch.Tensor, spec: WeightSpec | None = None
+    ) -> QuantizedWeight:
         """Quantize ``weight`` with this layer's scheme; the same tensor quantized twice is shared."""
         spec = spec or self.spec.weight
         if weight.is_meta:
@@ -79,7 +81,9 @@ class ConversionContext:
             self.shared.clones[id(tensor)] = cached
         return cached
 
-    def kernel_candidates(self, op: str, weight_format: str | None = None) -> tuple[KernelBackend, ...]:
+    def kernel_candidates(
+        self, op: str, weight_format: str | None = None
+    ) -> tuple[KernelBackend, ...]:
         """Kernel backends for ``op`` on this scheme's weight format, preferred first."""
         return self.registry.kernel_candidates(op, weight_format or self.scheme.weight_format)
 

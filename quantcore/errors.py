@@ -7,7 +7,7 @@ type. Messages name the problem and the fix; the attributes carry the same facts
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -58,9 +58,16 @@ class PluginConflictError(PluginError):
 class UnknownSchemeError(QuantcoreError, ValueError):
     """The requested dtype/scheme is not provided by any loaded plugin."""
 
-    def __init__(self, name: str, available: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        available: dict[str, str],
+        aliases: Mapping[str, Iterable[str]] | None = None,
+        hint: str = "",
+    ) -> None:
         self.name = name
         self.available = dict(available)
+        self.aliases = {n: tuple(a) for n, a in (aliases or {}).items()}
         if not available:
             detail = (
                 "no quantization schemes are available because no quantcore plugin is loaded. "
@@ -68,9 +75,20 @@ class UnknownSchemeError(QuantcoreError, ValueError):
                 "that QUANTCORE_DISABLE_PLUGINS does not disable them"
             )
         else:
-            listed = ", ".join(f"{n!r} (from {p})" for n, p in sorted(available.items()))
-            detail = f"available: {listed}{did_you_mean(name, available)}"
-        super().__init__(f"unknown dtype/scheme {name!r}: {detail}")
+            detail = f"available: {describe_schemes(available, self.aliases)}" + did_you_mean(
+                name, [*available, *(a for names in self.aliases.values() for a in names)]
+            )
+        super().__init__(f"unknown dtype/scheme {name!r}: {detail}" + (f". {hint}" if hint else ""))
+
+
+def describe_schemes(providers: Mapping[str, str], aliases: Mapping[str, Iterable[str]]) -> str:
+    """``'int8' (aliases: qint8; from plugin ...)`` for every scheme, for error messages."""
+    parts = []
+    for name, provider in sorted(providers.items()):
+        alias_text = ", ".join(aliases.get(name, ()))
+        prefix = f"aliases: {alias_text}; " if alias_text else ""
+        parts.append(f"{name!r} ({prefix}from {provider})")
+    return ", ".join(parts)
 
 
 class UnknownObserverError(QuantcoreError, ValueError):
@@ -125,6 +143,53 @@ class LayerQuantizationError(QuantcoreError):
             f"{type(cause).__name__}: {cause}. The original model was not modified; exclude this "
             f"layer (exclude=[{layer!r}]) to quantize the rest."
         )
+
+
+class ConfigError(QuantcoreError, ValueError):
+    """A configuration value (from a file, a pyproject table or a parameter) is unusable.
+
+    ``source`` says where the value came from (``"file /path/config.toml"``, ``"parameter"``),
+    ``key`` which setting (``"overrides[2].granularity"``), ``allowed`` what would be accepted.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        key: str | None,
+        problem: str,
+        allowed: Sequence[str] = (),
+        got: str = "",
+        choices: Iterable[str] | None = None,
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.allowed = tuple(allowed)
+        self.problem = problem
+        where = f"{source}: key {key!r}" if key else source
+        text = f"{where}: {problem}"
+        if self.allowed:
+            text += f"; allowed: {', '.join(self.allowed)}"
+        if got:
+            text += did_you_mean(got, self.allowed if choices is None else choices)
+        super().__init__(text)
+
+
+class ConfigFileError(ConfigError):
+    """The configuration file cannot be found, read or parsed as TOML."""
+
+
+class UnknownConfigKeyError(ConfigError):
+    """The configuration names a setting quantcore does not have (often a typo)."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A configuration value has the wrong type (a string where a list is expected, say)."""
+
+
+class ConfigValueError(ConfigError):
+    """A configuration value has the right type but is not allowed: an unknown scheme, observer,
+    granularity or log level, an invalid regular expression, or a pattern that matches no layer
+    in strict mode."""
 
 
 class QuantcoreWarning(UserWarning):

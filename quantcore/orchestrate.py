@@ -9,20 +9,22 @@ are cloned, and quantized layers are built fresh from the original weights one a
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
+from quantcore.config import Override, apply_overrides, decide_layer, first_match
 from quantcore.context import ConversionContext, SharedState
-from quantcore.errors import LayerQuantizationError, LayerSkipped, QuantcoreError
+from quantcore.errors import LayerQuantizationError, LayerSkipped
 from quantcore.plugin_manager import Registry
 from quantcore.registrations import LayerMapper, Scheme
 from quantcore.report import LayerReport
+from quantcore.specs import LayerSpec
 
 logger = logging.getLogger("quantcore")
 
@@ -68,12 +70,65 @@ def own_float_parameters(module: nn.Module) -> list[torch.Tensor]:
 
 def is_excluded(name: str, patterns: Sequence[str]) -> str | None:
     """The first pattern that excludes layer ``name`` (or one of its parents), else None."""
-    parts = name.split(".") if name else []
-    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-    for pattern in patterns:
-        if any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes):
-            return pattern
-    return None
+    return first_match(patterns, name) if name else None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which layers the caller wants quantized, and how (from the effective configuration)."""
+
+    include: tuple[str, ...] = ()  # empty: every layer
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()
+
+    def not_selected(self, name: str) -> str | None:
+        """Why layer ``name`` is left out by include/exclude patterns, else None."""
+        if self.include and first_match(self.include, name) is None:
+            return f"not included by include patterns {list(self.include)}"
+        pattern = is_excluded(name, self.exclude)
+        return f"excluded by pattern {pattern!r}" if pattern is not None else None
+
+
+@dataclass
+class _Resolved:
+    """A layer's scheme and LayerSpec after overrides, or why it is skipped."""
+
+    scheme: Scheme
+    spec: LayerSpec | None
+    override: str | None
+    skip_reason: str | None = None
+    requested: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _resolve(
+    name: str,
+    type_names: tuple[str, ...],
+    kind: str,
+    scheme: Scheme,
+    registry: Registry,
+    selection: Selection,
+) -> _Resolved:
+    decision = decide_layer(selection.overrides, name, (*type_names, kind))
+    override = decision.describe()
+    if decision.skip:
+        return _Resolved(scheme, None, override, f"skipped by override {override}", requested=True)
+    layer_scheme = registry.scheme(decision.dtype) if decision.dtype else scheme
+    base = layer_scheme.layer_specs.get(kind)
+    if base is None:
+        return _Resolved(
+            layer_scheme,
+            None,
+            override,
+            f"scheme {layer_scheme.name!r} does not quantize layer kind {kind!r}",
+        )
+    spec, notes = apply_overrides(base, decision.overrides)
+    return _Resolved(layer_scheme, spec, override, notes=notes)
+
+
+def _type_names(module: nn.Module) -> tuple[str, ...]:
+    cls = type(module)
+    return (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
 
 
 @dataclass
@@ -81,6 +136,7 @@ class _Planned:
     name: str
     module: nn.Module
     mapper: LayerMapper
+    resolved: _Resolved
 
 
 def _find_mapper(module: nn.Module, registry: Registry) -> LayerMapper | None:
@@ -100,8 +156,13 @@ def quantize_module(
     registry: Registry,
     *,
     exclude: Sequence[str] = (),
+    selection: Selection | None = None,
 ) -> tuple[nn.Module, list[LayerReport]]:
-    """Return a quantized copy of ``root`` and a report line for every layer holding float weights."""
+    """Return a quantized copy of ``root`` and a report line for every layer holding float weights.
+
+    ``selection`` (include/exclude patterns, per-layer overrides) replaces ``exclude`` when given.
+    """
+    selection = selection or Selection(exclude=tuple(exclude))
     reports: dict[str, LayerReport] = {}
     planned: list[_Planned] = []
     handled: list[str] = []  # prefixes whose subtree is already decided
@@ -113,21 +174,36 @@ def quantize_module(
         if handled and inside_handled(name):
             continue
         mapper = _find_mapper(module, registry)
-        pattern = is_excluded(name, exclude)
-        if pattern is not None:
+        left_out = selection.not_selected(name)
+        if left_out is not None:
             if mapper is not None or own_float_parameters(module):
                 reports[name] = _layer_report(
-                    name, module, status="skipped", reason=f"excluded by pattern {pattern!r}",
+                    name,
+                    module,
+                    status="skipped",
+                    reason=left_out,
                     layer_kind=mapper.layer_kind if mapper else None,
+                    requested=True,
                 )
                 handled.append(name)
+                for child_name, child in module.named_modules(prefix=name):
+                    if child is not module and own_float_parameters(child):
+                        reports[child_name] = _layer_report(
+                            child_name,
+                            child,
+                            status="skipped",
+                            requested=True,
+                            reason=f"inside {name or '<root>'}, which is left out ({left_out})",
+                        )
             continue
         if mapper is None:
             if own_float_parameters(module):
                 # A layer with weights of its own may read its children's weights directly (as
                 # MultiheadAttention reads out_proj.weight), so its whole subtree stays float.
                 reports[name] = _layer_report(
-                    name, module, status="skipped",
+                    name,
+                    module,
+                    status="skipped",
                     reason=f"no mapper for {type(module).__name__}",
                     bytes_before=tensor_bytes(own_float_parameters(module)),
                 )
@@ -135,51 +211,81 @@ def quantize_module(
                 for child_name, child in module.named_modules(prefix=name):
                     if child is not module and own_float_parameters(child):
                         reports[child_name] = _layer_report(
-                            child_name, child, status="skipped",
+                            child_name,
+                            child,
+                            status="skipped",
                             reason=f"inside {name} ({type(module).__name__}), which no mapper handles",
                         )
             continue
         handled.append(name)
         if mapper.keep_reason is not None:
             reports[name] = _layer_report(
-                name, module, status="kept", layer_kind=mapper.layer_kind, mapper=mapper.name,
+                name,
+                module,
+                status="kept",
+                layer_kind=mapper.layer_kind,
+                mapper=mapper.name,
                 reason=mapper.keep_reason,
             )
             continue
-        if mapper.layer_kind not in scheme.layer_specs:
+        resolved = _resolve(
+            name, _type_names(module), mapper.layer_kind, scheme, registry, selection
+        )
+        if resolved.skip_reason is not None:
             reports[name] = _layer_report(
-                name, module, status="skipped", layer_kind=mapper.layer_kind, mapper=mapper.name,
-                reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
+                name,
+                module,
+                status="skipped",
+                layer_kind=mapper.layer_kind,
+                mapper=mapper.name,
+                reason=resolved.skip_reason,
+                override=resolved.override,
+                requested=resolved.requested,
             )
             continue
-        planned.append(_Planned(name, module, mapper))
+        planned.append(_Planned(name, module, mapper, resolved))
 
     shared = SharedState()
     replacements: dict[int, nn.Module] = {}
     for item in planned:
-        spec = scheme.layer_specs[item.mapper.layer_kind]
-        ctx = ConversionContext(item.name, item.mapper.layer_kind, scheme, spec, registry, shared)
+        layer_scheme, spec = item.resolved.scheme, item.resolved.spec
+        assert spec is not None
+        ctx = ConversionContext(
+            item.name, item.mapper.layer_kind, layer_scheme, spec, registry, shared
+        )
         assert item.mapper.convert is not None
         try:
             new_module = item.mapper.convert(item.module, ctx)
         except LayerSkipped as skip:
             reports[item.name] = _layer_report(
-                item.name, item.module, status="skipped", layer_kind=item.mapper.layer_kind,
-                mapper=item.mapper.name, reason=skip.reason,
+                item.name,
+                item.module,
+                status="skipped",
+                layer_kind=item.mapper.layer_kind,
+                mapper=item.mapper.name,
+                reason=skip.reason,
+                override=item.resolved.override,
             )
             logger.info("layer %s skipped: %s", item.name, skip.reason)
             continue
-        except QuantcoreError:
+        except LayerQuantizationError:
             raise
         except Exception as exc:
             raise LayerQuantizationError(item.name, type(item.module).__name__, exc) from exc
         replacements[id(item.module)] = new_module
         reports[item.name] = _layer_report(
-            item.name, item.module, status="quantized", layer_kind=item.mapper.layer_kind,
-            scheme=scheme.name, granularity=spec.describe(), mapper=item.mapper.name,
+            item.name,
+            item.module,
+            status="quantized",
+            layer_kind=item.mapper.layer_kind,
+            scheme=layer_scheme.name,
+            granularity=spec.describe(),
+            mapper=item.mapper.name,
             kernel=getattr(new_module, "kernel_name", None),
-            bytes_before=module_bytes(item.module), bytes_after=module_bytes(new_module),
-            notes=tuple(ctx.notes),
+            bytes_before=module_bytes(item.module),
+            bytes_after=module_bytes(new_module),
+            notes=(*item.resolved.notes, *ctx.notes),
+            override=item.resolved.override,
         )
 
     quantized = _copy_tree(root, replacements, shared)
@@ -188,7 +294,9 @@ def quantize_module(
     return quantized, sorted(reports.values(), key=lambda r: order.get(r.name, 0))
 
 
-def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState) -> nn.Module:
+def _copy_tree(
+    root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState
+) -> nn.Module:
     """Copy the module tree: replaced modules swapped in, everything else shallow-copied with
     cloned tensors. Modules and tensors that appear twice in the original appear twice here."""
     memo: dict[int, nn.Module] = {}
@@ -197,7 +305,11 @@ def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: S
         cached = shared.clones.get(id(t))
         if cached is None:
             data = t.detach().clone()
-            cached = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
+            cached = (
+                nn.Parameter(data, requires_grad=t.requires_grad)
+                if isinstance(t, nn.Parameter)
+                else data
+            )
             shared.clones[id(t)] = cached
         return cached
 
@@ -212,7 +324,8 @@ def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: S
         else:
             new = copy.copy(module)
             new._parameters = OrderedDict(
-                (k, None if p is None else clone_tensor(p)) for k, p in module._parameters.items()
+                (k, None if p is None else cast(nn.Parameter, clone_tensor(p)))
+                for k, p in module._parameters.items()
             )
             new._buffers = OrderedDict(
                 (k, None if b is None else clone_tensor(b)) for k, b in module._buffers.items()
@@ -237,8 +350,10 @@ def quantize_state_dict(
     registry: Registry,
     *,
     exclude: Sequence[str] = (),
+    selection: Selection | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
     """Quantize a bare state dict: mappers recognize layers from tensor names and shapes."""
+    selection = selection or Selection(exclude=tuple(exclude))
     remaining = dict(state_dict)
     output: dict[str, torch.Tensor] = {}
     reports: list[LayerReport] = []
@@ -249,34 +364,60 @@ def quantize_state_dict(
             continue
         for prefix in list(mapper.state_dict_layers(remaining)):
             tensors = {
-                key[len(prefix):]: t
+                key[len(prefix) :]: t
                 for key, t in remaining.items()
-                if key.startswith(prefix) and "." not in key[len(prefix):]
+                if key.startswith(prefix) and "." not in key[len(prefix) :]
             }
             if not tensors:
                 continue
             name = prefix.rstrip(".")
             layer_type = f"<{mapper.layer_kind} tensors>"
-            pattern = is_excluded(name, exclude)
-            if pattern is not None:
-                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
-                                           reason=f"excluded by pattern {pattern!r}"))
+            left_out = selection.not_selected(name)
+            if left_out is not None:
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        reason=left_out,
+                        requested=True,
+                    )
+                )
                 continue
-            if mapper.layer_kind not in scheme.layer_specs:
-                reports.append(LayerReport(
-                    name, layer_type, "skipped", mapper.layer_kind, mapper=mapper.name,
-                    reason=f"scheme {scheme.name!r} does not quantize layer kind {mapper.layer_kind!r}",
-                ))
+            resolved = _resolve(name, (layer_type,), mapper.layer_kind, scheme, registry, selection)
+            if resolved.skip_reason is not None or resolved.spec is None:
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        mapper=mapper.name,
+                        reason=resolved.skip_reason,
+                        override=resolved.override,
+                        requested=resolved.requested,
+                    )
+                )
                 continue
-            spec = scheme.layer_specs[mapper.layer_kind]
-            ctx = ConversionContext(name, mapper.layer_kind, scheme, spec, registry, shared)
+            layer_scheme, spec = resolved.scheme, resolved.spec
+            ctx = ConversionContext(name, mapper.layer_kind, layer_scheme, spec, registry, shared)
             try:
                 converted = mapper.convert_state_dict(prefix, tensors, ctx)
             except LayerSkipped as skip:
-                reports.append(LayerReport(name, layer_type, "skipped", mapper.layer_kind,
-                                           mapper=mapper.name, reason=skip.reason))
+                reports.append(
+                    LayerReport(
+                        name,
+                        layer_type,
+                        "skipped",
+                        mapper.layer_kind,
+                        mapper=mapper.name,
+                        reason=skip.reason,
+                        override=resolved.override,
+                    )
+                )
                 continue
-            except QuantcoreError:
+            except LayerQuantizationError:
                 raise
             except Exception as exc:
                 raise LayerQuantizationError(name, layer_type, exc) from exc
@@ -284,12 +425,21 @@ def quantize_state_dict(
                 del remaining[prefix + key]
             for key, t in converted.items():
                 output[prefix + key] = t
-            reports.append(LayerReport(
-                name, layer_type, "quantized", mapper.layer_kind, scheme=scheme.name,
-                granularity=spec.describe(), mapper=mapper.name,
-                bytes_before=tensor_bytes(tensors.values()),
-                bytes_after=tensor_bytes(converted.values()), notes=tuple(ctx.notes),
-            ))
+            reports.append(
+                LayerReport(
+                    name,
+                    layer_type,
+                    "quantized",
+                    mapper.layer_kind,
+                    scheme=layer_scheme.name,
+                    granularity=spec.describe(),
+                    mapper=mapper.name,
+                    bytes_before=tensor_bytes(tensors.values()),
+                    bytes_after=tensor_bytes(converted.values()),
+                    notes=(*resolved.notes, *ctx.notes),
+                    override=resolved.override,
+                )
+            )
 
     groups: dict[str, list[str]] = {}
     for key, t in remaining.items():
@@ -299,21 +449,36 @@ def quantize_state_dict(
         output[key] = clone
         if t.is_floating_point():
             groups.setdefault(key.rpartition(".")[0], []).append(key)
+    reported = {r.name for r in reports}  # layers left in float on purpose already have a line
     for prefix, keys in groups.items():
+        if prefix in reported:
+            continue
         matrices = [k for k in keys if remaining[k].dim() >= 2]
         if matrices:
-            reports.append(LayerReport(
-                prefix, "<tensors>", "skipped",
-                reason=f"no mapper recognizes {', '.join(k.rpartition('.')[2] for k in matrices)}",
-            ))
+            reports.append(
+                LayerReport(
+                    prefix,
+                    "<tensors>",
+                    "skipped",
+                    reason=f"no mapper recognizes {', '.join(k.rpartition('.')[2] for k in matrices)}",
+                )
+            )
         else:
-            reports.append(LayerReport(prefix, "<tensors>", "kept",
-                                       reason="vectors (norm scales, biases) stay in float"))
+            reports.append(
+                LayerReport(
+                    prefix,
+                    "<tensors>",
+                    "kept",
+                    reason="vectors (norm scales, biases) stay in float",
+                )
+            )
     order = {key.rpartition(".")[0]: i for i, key in enumerate(state_dict)}
     ordered = {k: output[k] for k in sorted(output, key=lambda k: _key_order(k, state_dict, order))}
     reports.sort(key=lambda r: order.get(r.name, len(order)))
     return ordered, reports
 
 
-def _key_order(key: str, original: Mapping[str, torch.Tensor], order: Mapping[str, int]) -> tuple[int, str]:
+def _key_order(
+    key: str, original: Mapping[str, torch.Tensor], order: Mapping[str, int]
+) -> tuple[int, str]:
     return (order.get(key.rpartition(".")[0], len(order)), key)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import importlib_metadata
 import pluggy
@@ -129,7 +129,9 @@ class Registry:
             if key == scheme.name.lower() or key in (a.lower() for a in scheme.aliases):
                 return scheme
         raise UnknownSchemeError(
-            name, {n: self.provider("scheme", n) for n in self.schemes}
+            name,
+            {n: self.provider("scheme", n) for n in self.schemes},
+            {n: s.aliases for n, s in self.schemes.items()},
         )
 
     def observer(self, name: str) -> Observer:
@@ -140,7 +142,9 @@ class Registry:
 
     def kernel_candidates(self, op: str, weight_format: str) -> tuple[KernelBackend, ...]:
         """Backends for (op, format), preferred first; the reference backend always last."""
-        matching = [b for b in self.kernel_backends if b.op == op and b.weight_format == weight_format]
+        matching = [
+            b for b in self.kernel_backends if b.op == op and b.weight_format == weight_format
+        ]
         return tuple(sorted(matching, key=lambda b: (b.reference, -b.priority, b.name)))
 
 
@@ -168,8 +172,11 @@ class QuantcorePluginManager(pluggy.PluginManager):
             if candidate.name in disabled or candidate.distribution in disabled:
                 self.set_blocked(candidate.name)
                 self._infos[candidate.name] = PluginInfo(
-                    candidate.name, candidate.distribution, candidate.version,
-                    candidate.first_party, "disabled",
+                    candidate.name,
+                    candidate.distribution,
+                    candidate.version,
+                    candidate.first_party,
+                    "disabled",
                 )
                 logger.debug("plugin %s disabled", candidate.name)
                 continue
@@ -177,7 +184,9 @@ class QuantcorePluginManager(pluggy.PluginManager):
                 plugin = candidate.load()
             except Exception as exc:
                 self._report_failure(
-                    candidate.name, _Origin(candidate.distribution, candidate.version, candidate.first_party), exc
+                    candidate.name,
+                    _Origin(candidate.distribution, candidate.version, candidate.first_party),
+                    exc,
                 )
                 continue
             self.register_plugin(
@@ -242,12 +251,17 @@ class QuantcorePluginManager(pluggy.PluginManager):
                         )
                         continue
                     collected[hook_name].append((plugin_name, item))
-                    provides.setdefault(plugin_name, {}).setdefault(kind, []).append(item.name)
+                    name: str = cast(Any, item).name
+                    provides.setdefault(plugin_name, {}).setdefault(kind, []).append(name)
         for name, kinds in provides.items():
             info = self._infos.get(name)
             if info is not None and info.status == "loaded":
                 self._infos[name] = PluginInfo(
-                    info.name, info.distribution, info.version, info.first_party, info.status,
+                    info.name,
+                    info.distribution,
+                    info.version,
+                    info.first_party,
+                    info.status,
                     provides={k: tuple(v) for k, v in kinds.items()},
                 )
         providers: dict[tuple[str, str], str] = {}
@@ -287,7 +301,9 @@ class QuantcorePluginManager(pluggy.PluginManager):
             return list(result) if result is not None else []
         except Exception as exc:
             origin = self._origins.get(plugin_name, _Origin(LOCAL_DISTRIBUTION, "", False))
-            self._report_failure(plugin_name, origin, f"hook {hook_name} raised {type(exc).__name__}: {exc}")
+            self._report_failure(
+                plugin_name, origin, f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+            )
             return None
 
     def _bad_registration(self, plugin_name: str, message: str) -> None:

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from quantcore.specs import ActivationSpec, Granularity, LayerSpec, QuantizedWeight, QuantParams, WeightSpec
+from quantcore.specs import (
+    ActivationSpec,
+    Granularity,
+    LayerSpec,
+    QuantizedWeight,
+    QuantParams,
+    WeightSpec,
+)
 
 if TYPE_CHECKING:
     from quantcore.context import ConversionContext
@@ -47,7 +54,9 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _check_name(kind: str, name: object) -> None:
     if not isinstance(name, str) or not name or name != name.strip():
-        raise ValueError(f"{kind} name must be a non-empty string without surrounding spaces: {name!r}")
+        raise ValueError(
+            f"{kind} name must be a non-empty string without surrounding spaces: {name!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,9 @@ class Scheme:
             if not isinstance(spec, LayerSpec):
                 raise TypeError(f"scheme {self.name!r}: spec for {kind!r} is not a LayerSpec")
         if not callable(self.quantize_weight) or not callable(self.dequantize_weight):
-            raise TypeError(f"scheme {self.name!r}: quantize_weight/dequantize_weight must be callable")
+            raise TypeError(
+                f"scheme {self.name!r}: quantize_weight/dequantize_weight must be callable"
+            )
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from quantcore.config import QuantizeConfig
 
 LayerStatus = Literal["quantized", "kept", "skipped"]
 
@@ -23,6 +26,8 @@ class LayerReport:
     bytes_before: int = 0
     bytes_after: int = 0
     notes: tuple[str, ...] = ()
+    override: str | None = None  # the per-layer override(s) that applied, as described in config
+    requested: bool = False  # skipped because the caller asked (include/exclude/override skip)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,9 @@ class QuantizationReport:
     size_after: int
     notes: tuple[str, ...] = ()
     plugins: tuple[str, ...] = field(default=())
+    config: QuantizeConfig | None = (
+        None  # the effective configuration and where each value came from
+    )
 
     @property
     def quantized(self) -> tuple[LayerReport, ...]:
@@ -55,7 +63,10 @@ class QuantizationReport:
         return iter(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["layers"] = [asdict(layer) for layer in self.layers]
+        out["config"] = self.config.to_dict() if self.config is not None else None
+        return out
 
     def summary(self) -> str:
         return (
@@ -67,16 +78,24 @@ class QuantizationReport:
     def __str__(self) -> str:
         lines = [f"quantcore report: scheme {self.scheme}, input {self.input_description}"]
         lines += [f"  note: {n}" for n in self.notes]
+        if self.config is not None:
+            lines += [f"  config: {line}" for line in self.config.non_default()]
         if not self.layers:
             lines.append("  (the input holds no layers with float weights)")
         name_width = min(48, max((len(layer.name) for layer in self.layers), default=6))
         type_width = min(36, max((len(layer.layer_type) for layer in self.layers), default=4))
         for layer in self.layers:
             if layer.status == "quantized":
-                detail = f"{layer.granularity}; kernel {layer.kernel}" if layer.kernel else f"{layer.granularity}"
+                detail = (
+                    f"{layer.granularity}; kernel {layer.kernel}"
+                    if layer.kernel
+                    else f"{layer.granularity}"
+                )
             else:
                 detail = layer.reason or ""
             extra = f" [{'; '.join(layer.notes)}]" if layer.notes else ""
+            if layer.override:
+                extra += f" [{layer.override}]"
             lines.append(
                 f"  {layer.status:<9} {layer.name or '<root>':<{name_width}} {layer.layer_type:<{type_width}} {detail}{extra}"
             )

@@ -13,7 +13,9 @@ class Granularity(str, Enum):
     """Which elements share one scale (and zero point)."""
 
     PER_TENSOR = "per_tensor"
-    PER_CHANNEL = "per_channel"  # one scale per slice along ``axis`` (output channel, embedding row)
+    PER_CHANNEL = (
+        "per_channel"  # one scale per slice along ``axis`` (output channel, embedding row)
+    )
     PER_TOKEN = "per_token"  # activations: one scale per row of the flattened input
     NONE = "none"  # the format needs no scale (fp16 weights)
 

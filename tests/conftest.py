@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +17,48 @@ def plugin_manager() -> quantcore.QuantcorePluginManager:
     return quantcore.create_plugin_manager()
 
 
+@pytest.fixture(scope="session")
+def _empty_config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg-config-home")
+
+
 @pytest.fixture(autouse=True)
-def _isolate_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolate_environment(
+    monkeypatch: pytest.MonkeyPatch, _empty_config_home: Path
+) -> Iterator[None]:
+    # No test may read the developer's own configuration file or environment.
     monkeypatch.delenv(quantcore.DISABLE_ENV_VAR, raising=False)
+    monkeypatch.delenv(quantcore.CONFIG_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(_empty_config_home))
     yield
 
 
 def fingerprint(module: nn.Module) -> dict[str, object]:
-    """Everything the 'always copy' promise covers: values, dtypes, devices, requires_grad, types."""
+    """What the 'always copy' promise covers: values, dtypes, devices, requires_grad, types."""
     out: dict[str, object] = {}
-    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+    for name, t in [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]:
         data = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
-        digest = hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
+        digest = hashlib.sha256(
+            data.view(torch.uint8).numpy().tobytes() if data.numel() else b""
+        ).hexdigest()
         out[name] = (digest, t.dtype, t.device, t.requires_grad, type(t).__name__, id(t))
-    out["__types__"] = [(n, type(m).__name__) for n, m in module.named_modules(remove_duplicate=False)]
+    out["__types__"] = [
+        (n, type(m).__name__) for n, m in module.named_modules(remove_duplicate=False)
+    ]
     out["__training__"] = [m.training for m in module.modules()]
     return out
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An XDG config home of this test's own, and a working directory without a pyproject.toml."""
+    home = tmp_path / "xdg"
+    (home / "quantcore").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return home

@@ -35,10 +35,16 @@ def _adapt_state_dict(obj: object) -> quantcore.AdaptedInput:
 @quantcore.hookimpl
 def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
     yield quantcore.InputAdapter(
-        name="module", accepts=_is_module, adapt=_adapt_module, priority=100,
+        name="module",
+        accepts=_is_module,
+        adapt=_adapt_module,
+        priority=100,
         description="a torch.nn.Module",
     )
     yield quantcore.InputAdapter(
-        name="state_dict", accepts=_is_state_dict, adapt=_adapt_state_dict, priority=90,
+        name="state_dict",
+        accepts=_is_state_dict,
+        adapt=_adapt_state_dict,
+        priority=90,
         description="a state dict: a mapping of str names to tensors",
     )

@@ -34,7 +34,12 @@ def quantize_weight(
     qmin, qmax = SYMMETRIC_RANGE if spec.symmetric else ASYMMETRIC_RANGE
     axis = spec.axis % weight.dim() if weight.dim() else 0
     params = observer.compute(
-        weight, granularity=spec.granularity, axis=axis, symmetric=spec.symmetric, qmin=qmin, qmax=qmax
+        weight,
+        granularity=spec.granularity,
+        axis=axis,
+        symmetric=spec.symmetric,
+        qmin=qmin,
+        qmax=qmax,
     )
     scale = params.scale.to(torch.float32)
     q = (weight.to(torch.float32) / _broadcast(scale, weight, axis)).round_()
@@ -69,7 +74,9 @@ def quantize_activation(
     elif spec.granularity is Granularity.PER_TENSOR:
         dims = tuple(range(x.dim()))
     else:
-        raise ValueError(f"int8 activations support per_token or per_tensor, not {spec.granularity}")
+        raise ValueError(
+            f"int8 activations support per_token or per_tensor, not {spec.granularity}"
+        )
     if spec.symmetric:
         bound = xf.abs().amax(dim=dims, keepdim=True)
         scale = (bound / SYMMETRIC_RANGE[1]).clamp_min(_TINY)

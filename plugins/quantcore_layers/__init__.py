@@ -97,11 +97,7 @@ def convert_linear_state_dict(
 
 def _is_normalization(module: nn.Module) -> bool:
     params = list(module.parameters(recurse=False))
-    return (
-        "Norm" in type(module).__name__
-        and bool(params)
-        and all(p.dim() <= 1 for p in params)
-    )
+    return "Norm" in type(module).__name__ and bool(params) and all(p.dim() <= 1 for p in params)
 
 
 @quantcore.hookimpl
