@@ -58,9 +58,9 @@ def fragile_model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Fragile(4, 4))
 
 
-def with_embedding() -> nn.Module:
+def with_unsupported() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4))
+    return nn.Sequential(nn.ConvTranspose1d(10, 8, 1), nn.Linear(8, 4))
 
 
 # -- mid-process failure ---------------------------------------------------------------------
@@ -129,13 +129,13 @@ def test_unsupported_layers_partial_quantization_reported_and_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        result = quantcore.quantize(with_embedding())
+        result = quantcore.quantize(with_unsupported())
     assert [r.name for r in result.report.quantized] == ["1"]
     skipped = result.report.skipped
-    assert [(r.name, r.reason) for r in skipped] == [("0", "no mapper for Embedding")]
+    assert [(r.name, r.reason) for r in skipped] == [("0", "no mapper for ConvTranspose1d")]
     records = [r for r in caplog.records if r.name == "quantcore" and r.levelno == logging.WARNING]
     assert len(records) == 1
-    assert "0 (no mapper for Embedding)" in records[0].getMessage()
+    assert "0 (no mapper for ConvTranspose1d)" in records[0].getMessage()
 
 
 def test_caller_silences_warnings_with_logging_configuration(
@@ -146,7 +146,7 @@ def test_caller_silences_warnings_with_logging_configuration(
     logger.setLevel(logging.ERROR)
     try:
         with caplog.at_level(logging.WARNING):
-            result = quantcore.quantize(with_embedding())
+            result = quantcore.quantize(with_unsupported())
     finally:
         logger.setLevel(previous)
     assert result.report.skipped  # the work still happened
@@ -161,11 +161,11 @@ def test_caller_redirects_warnings_with_a_handler(caplog: pytest.LogCaptureFixtu
     logger.propagate = False
     try:
         with caplog.at_level(logging.WARNING):
-            quantcore.quantize(with_embedding())
+            quantcore.quantize(with_unsupported())
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
-    assert "no mapper for Embedding" in stream.getvalue()
+    assert "no mapper for ConvTranspose1d" in stream.getvalue()
     assert not [r for r in caplog.records if r.name == "quantcore"]  # went only to the handler
 
 
@@ -270,7 +270,7 @@ EXAMPLES: dict[str, Callable[[Path], BaseException | Warning]] = {
     ),
     "UnsupportedInputError": lambda _: _raised(lambda: quantcore.quantize(42)),
     "NothingToQuantizeError": lambda _: _raised(
-        lambda: quantcore.quantize(nn.Sequential(nn.Embedding(4, 4)), strict=True)
+        lambda: quantcore.quantize(nn.Sequential(nn.ConvTranspose1d(4, 4, 1)), strict=True)
     ),
     "LayerSkipped": _layer_skipped,
     "LayerQuantizationError": _layer_quantization_error,

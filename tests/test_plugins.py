@@ -74,6 +74,7 @@ def test_builtin_entry_points_are_in_installed_metadata() -> None:
         "int8": "quantcore_int8",
         "fp16": "quantcore_fp16",
         "adapters": "quantcore_adapters",
+        "transformers": "quantcore_transformers",
     }
 
 

@@ -23,6 +23,14 @@ def prepare_reference_conv(request: KernelRequest) -> Callable[[torch.Tensor], t
         if padding_mode != "zeros":
             x = F.pad(x, list(options["reversed_padding"]), mode=padding_mode)
         b = None if bias is None else bias.to(x.dtype)
-        return conv(x, weight.to(x.dtype), b, options["stride"], padding, options["dilation"], options["groups"])
+        return conv(
+            x,
+            weight.to(x.dtype),
+            b,
+            options["stride"],
+            padding,
+            options["dilation"],
+            options["groups"],
+        )
 
     return run

@@ -37,14 +37,21 @@ def prepare_reference_embedding_bag(
         input: torch.Tensor, offsets: torch.Tensor | None, per_sample_weights: torch.Tensor | None
     ) -> torch.Tensor:
         unique, inverse = torch.unique(input, return_inverse=True)
-        rows = table[unique].to(dtype) if unique.numel() else table.new_zeros(1, table.shape[1], dtype=dtype)
+        rows = (
+            table[unique].to(dtype)
+            if unique.numel()
+            else table.new_zeros(1, table.shape[1], dtype=dtype)
+        )
         pad = None
         if padding_idx is not None:
             hit = (unique == padding_idx).nonzero()
             pad = int(hit[0, 0]) if hit.numel() else None
         return F.embedding_bag(
-            inverse, rows, offsets,
-            max_norm=options.get("max_norm"), norm_type=options.get("norm_type", 2.0),
+            inverse,
+            rows,
+            offsets,
+            max_norm=options.get("max_norm"),
+            norm_type=options.get("norm_type", 2.0),
             mode=options.get("mode", "mean"),
             per_sample_weights=None if per_sample_weights is None else per_sample_weights.to(dtype),
             include_last_offset=options.get("include_last_offset", False),

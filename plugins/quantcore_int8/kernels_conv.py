@@ -26,12 +26,18 @@ def fake_quantize_conv_input(x: torch.Tensor, spec: ActivationSpec, dims: int) -
 def supports_conv(request: KernelRequest) -> bool:
     activation = request.activation
     return activation is None or activation.granularity in (
-        Granularity.PER_TENSOR, Granularity.PER_TOKEN,
+        Granularity.PER_TENSOR,
+        Granularity.PER_TOKEN,
     )
 
 
 def prepare_reference_conv(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:
-    weight, bias, activation, options = request.weight, request.bias, request.activation, request.options
+    weight, bias, activation, options = (
+        request.weight,
+        request.bias,
+        request.activation,
+        request.options,
+    )
     dims: int = options["dims"]
     conv = CONV_FUNCTIONS[dims]
     padding_mode: str = options.get("padding_mode", "zeros")
@@ -43,7 +49,15 @@ def prepare_reference_conv(request: KernelRequest) -> Callable[[torch.Tensor], t
         w = dequantize_weight(weight)
         if activation is None:
             b = None if bias is None else bias.to(x.dtype)
-            return conv(x, w.to(x.dtype), b, options["stride"], padding, options["dilation"], options["groups"])
+            return conv(
+                x,
+                w.to(x.dtype),
+                b,
+                options["stride"],
+                padding,
+                options["dilation"],
+                options["groups"],
+            )
         x_q = fake_quantize_conv_input(x, activation, dims)
         b = None if bias is None else bias.to(torch.float32)
         out = conv(x_q, w, b, options["stride"], padding, options["dilation"], options["groups"])

@@ -69,10 +69,15 @@ def prepare_reference_embedding_bag(
             hit = (unique == padding_idx).nonzero()
             pad = int(hit[0, 0]) if hit.numel() else None
         out = F.embedding_bag(
-            inverse, rows, offsets,
-            max_norm=options.get("max_norm"), norm_type=options.get("norm_type", 2.0),
+            inverse,
+            rows,
+            offsets,
+            max_norm=options.get("max_norm"),
+            norm_type=options.get("norm_type", 2.0),
             mode=options.get("mode", "mean"),
-            per_sample_weights=None if per_sample_weights is None else per_sample_weights.to(rows.dtype),
+            per_sample_weights=None
+            if per_sample_weights is None
+            else per_sample_weights.to(rows.dtype),
             include_last_offset=options.get("include_last_offset", False),
             padding_idx=pad,
         )

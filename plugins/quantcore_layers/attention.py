@@ -40,9 +40,13 @@ def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
     if mask is None:
         return None
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            mask, float("-inf")
+        )
     if not mask.is_floating_point():
-        raise AssertionError(f"only bool and floating types of masks are supported, got {mask.dtype}")
+        raise AssertionError(
+            f"only bool and floating types of masks are supported, got {mask.dtype}"
+        )
     return mask.to(dtype)
 
 
@@ -203,9 +207,13 @@ def convert_multihead_attention(module: nn.Module, ctx: ConversionContext) -> nn
         if packed_bias is None
         else [packed_bias[:e].clone(), packed_bias[e : 2 * e].clone(), packed_bias[2 * e :].clone()]
     )
-    q_proj, k_proj, v_proj = (quantized_linear(ctx, w, b) for w, b in zip(weights, biases))
+    q_proj, k_proj, v_proj = (
+        quantized_linear(ctx, w, b) for w, b in zip(weights, biases, strict=True)
+    )
     out = module.out_proj
-    out_proj = quantized_linear(ctx, module_tensor(out, "weight", ctx), module_bias(out, "bias", ctx))
+    out_proj = quantized_linear(
+        ctx, module_tensor(out, "weight", ctx), module_bias(out, "bias", ctx)
+    )
     return QuantizedMultiheadAttention(
         module,
         q_proj,

@@ -85,14 +85,16 @@ class QuantizedContainer(QuantizedModule):
 
     def _prepare_kernel(self) -> None:
         names = sorted(
-            {m.kernel_name for m in self.modules() if m is not self and isinstance(m, QuantizedModule)}
+            {
+                m.kernel_name
+                for m in self.modules()
+                if m is not self and isinstance(m, QuantizedModule)
+            }
         )
         self.kernel_name = ", ".join(names)
 
 
-def track_dtype(
-    dtype: torch.dtype, fn: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.dtype:
+def track_dtype(dtype: torch.dtype, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.dtype:
     """The dtype a float tensor of ``dtype`` gets from an ``nn.Module._apply`` function, so a
     quantized module moved with ``.to(torch.bfloat16)`` / ``.half()`` returns that dtype."""
     try:

@@ -7,7 +7,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantcore import ActivationSpec, ConversionContext, KernelBackend, KernelRequest, QuantizedWeight
+from quantcore import (
+    ActivationSpec,
+    ConversionContext,
+    KernelBackend,
+    KernelRequest,
+    QuantizedWeight,
+)
 from quantcore_layers.common import forward_overridden, kernel_request, module_bias, module_tensor
 from quantcore_layers.modules import QuantizedModule, register_weight
 
@@ -45,8 +51,14 @@ class QuantizedConv(QuantizedModule):
 
     def _kernel_request(self) -> KernelRequest:
         return kernel_request(
-            self, "conv", dims=self.dims, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
+            self,
+            "conv",
+            dims=self.dims,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
             reversed_padding=tuple(self._reversed_padding_repeated_twice),
         )
 
@@ -71,6 +83,9 @@ def convert_conv(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     forward_overridden(module, next(c for c in _CONVS if isinstance(module, c)), ctx)
     weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
     return QuantizedConv(
-        module, weight, module_bias(module, "bias", ctx), ctx.spec.activation,
+        module,
+        weight,
+        module_bias(module, "bias", ctx),
+        ctx.spec.activation,
         ctx.kernel_candidates("conv"),
     )

@@ -41,7 +41,10 @@ class QuantizedEmbedding(DtypeTrackingModule):
 
     def _kernel_request(self) -> KernelRequest:
         return kernel_request(
-            self, "embedding", max_norm=self.max_norm, norm_type=self.norm_type,
+            self,
+            "embedding",
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
             dtype=self.output_dtype,
         )
 
@@ -78,9 +81,14 @@ class QuantizedEmbeddingBag(DtypeTrackingModule):
 
     def _kernel_request(self) -> KernelRequest:
         return kernel_request(
-            self, "embedding_bag", max_norm=self.max_norm, norm_type=self.norm_type,
-            mode=self.mode, include_last_offset=self.include_last_offset,
-            padding_idx=self.padding_idx, dtype=self.output_dtype,
+            self,
+            "embedding_bag",
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            mode=self.mode,
+            include_last_offset=self.include_last_offset,
+            padding_idx=self.padding_idx,
+            dtype=self.output_dtype,
         )
 
     def forward(

@@ -28,7 +28,11 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c); c is unused (empty) outside
 
 
 def _step(
-    mode: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+    mode: str,
+    gi: torch.Tensor,
+    gh: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
     proj: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> State:
     """One time step, given the input part ``gi`` and the hidden part ``gh`` of the gates."""
@@ -141,7 +145,9 @@ class QuantizedRNN(QuantizedContainer):
                 sorted_lengths = lengths
             data = pack_padded_sequence(output, sorted_lengths.cpu(), enforce_sorted=True).data
             return (
-                PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+                PackedSequence(
+                    data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+                ),
                 state,
             )
         if not batched:
@@ -151,8 +157,13 @@ class QuantizedRNN(QuantizedContainer):
         return output, state
 
     def _initial_state(
-        self, hx: torch.Tensor | State | None, batched: bool, batch: int, directions: int,
-        out_size: int, x: torch.Tensor,
+        self,
+        hx: torch.Tensor | State | None,
+        batched: bool,
+        batch: int,
+        directions: int,
+        out_size: int,
+        x: torch.Tensor,
     ) -> State:
         count = self.num_layers * directions
         if hx is None:
@@ -227,7 +238,9 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, nn.RNNBase)
     if not isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
         raise quantcore.LayerSkipped(f"{type(module).__name__} is not an LSTM, GRU or RNN")
-    base = nn.LSTM if isinstance(module, nn.LSTM) else nn.GRU if isinstance(module, nn.GRU) else nn.RNN
+    base = (
+        nn.LSTM if isinstance(module, nn.LSTM) else nn.GRU if isinstance(module, nn.GRU) else nn.RNN
+    )
     forward_overridden(module, base, ctx)
     linears: dict[str, QuantizedLinear] = {}
     for layer in range(module.num_layers):
@@ -248,7 +261,9 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
 
 def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
     if not isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
-        raise quantcore.LayerSkipped(f"{type(module).__name__} is not an LSTMCell, GRUCell or RNNCell")
+        raise quantcore.LayerSkipped(
+            f"{type(module).__name__} is not an LSTMCell, GRUCell or RNNCell"
+        )
     base = next(c for c in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) if isinstance(module, c))
     forward_overridden(module, base, ctx)
     ih, hh = (

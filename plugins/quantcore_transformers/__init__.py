@@ -24,7 +24,7 @@ def transformers_available() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
-def _conv1d_class(module: nn.Module) -> type | None:
+def _conv1d_class(module: nn.Module) -> type[nn.Module] | None:
     for cls in type(module).__mro__:
         if (cls.__module__, cls.__name__) == _CONV1D:
             return cls
@@ -38,10 +38,12 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     """Convert as the linear layer it is, through whichever "linear" mapper is registered, so the
     result is exactly what that mapper (and the scheme's linear kernels) make of a linear layer."""
-    weight = module.weight
-    bias = module.bias
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise quantcore.LayerSkipped("Conv1D weight is not a 2-D tensor")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise quantcore.LayerSkipped("Conv1D bias is not a tensor")
     cls = _conv1d_class(module)
     if cls is not None and type(module).forward is not cls.forward:
         ctx.note(f"{type(module).__name__} overrides forward; replaced by a quantized linear")
@@ -49,7 +51,8 @@ def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     # x @ W + b with W [in, out] is nn.Linear with weight W.T (a view, nothing copied)
     linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
     linear.weight = nn.Parameter(weight.detach().t(), requires_grad=False)
-    linear.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
     for mapper in ctx.registry.layer_mappers:
         if mapper.layer_kind == "linear" and mapper.convert is not None and mapper.matches(linear):
             return mapper.convert(linear, ctx)

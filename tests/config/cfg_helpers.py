@@ -15,11 +15,11 @@ def write_user_config(home: Path, text: str) -> Path:
 
 
 def small_model() -> nn.Module:
-    """Two linear layers ("0", "2") around an activation, plus an embedding no mapper handles."""
+    """Two linear layers ("0", "2") around an activation, (with_unsupported adds a layer no mapper handles)."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
 
 
-def with_embedding() -> nn.Module:
+def with_unsupported() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4))
+    return nn.Sequential(nn.ConvTranspose1d(10, 8, 1), nn.Linear(8, 4))

@@ -194,6 +194,6 @@ def test_unmatched_pattern_warns_or_fails_in_strict_mode(
 
 def test_strict_with_nothing_quantized(config_home: Path) -> None:
     with pytest.raises(quantcore.NothingToQuantizeError, match="nothing was quantized"):
-        quantcore.quantize(nn.Sequential(nn.Embedding(4, 4)), strict=True)
-    report = quantcore.quantize(nn.Sequential(nn.Embedding(4, 4))).report
+        quantcore.quantize(nn.Sequential(nn.ConvTranspose1d(4, 4, 1)), strict=True)
+    report = quantcore.quantize(nn.Sequential(nn.ConvTranspose1d(4, 4, 1))).report
     assert not report.quantized

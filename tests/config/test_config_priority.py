@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfg_helpers import small_model, with_embedding, write_user_config
+from cfg_helpers import small_model, with_unsupported, write_user_config
 
 import quantcore
 from quantcore.config import resolve_config, user_config_path
@@ -84,7 +84,7 @@ def _log_level(caplog: pytest.LogCaptureFixture, winner: str) -> None:
     kwargs = {"log_level": "WARNING"} if winner == "parameter" else {}
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        quantcore.quantize(with_embedding(), **kwargs)
+        quantcore.quantize(with_unsupported(), **kwargs)
     warned = any(r.name == "quantcore" and r.levelno == logging.WARNING for r in caplog.records)
     assert warned == (winner != "file")  # the file says ERROR, which hides the warning
     assert logging.getLogger("quantcore").level == logging.NOTSET  # restored after the call

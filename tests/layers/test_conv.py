@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from layer_checks import check_layer, relative_error
+from quantcore_layers import QuantizedConv
 from torch import nn
 
 import quantcore
-from quantcore_layers import QuantizedConv
 
 SCHEMES = ["int8", "fp16"]
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -52,9 +52,14 @@ def test_conv_int8_weights_are_per_output_channel(plugin_manager) -> None:
 def test_small_cnn(scheme: str, plugin_manager) -> None:
     torch.manual_seed(9)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     ).eval()
     x = torch.randn(2, 3, 12, 12)
     quantized, report, _ = check_layer(

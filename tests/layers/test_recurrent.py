@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from layer_checks import check_layer, relative_error
+from quantcore_layers import QuantizedRNN
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import quantcore
-from quantcore_layers import QuantizedRNN
 
 SCHEMES = ["int8", "fp16"]
 
@@ -44,7 +44,11 @@ def test_recurrent_variants(scheme: str, kind: str, variant: int, plugin_manager
     h0 = torch.randn(layers * directions, 3, 8) * 0.5
     state = (h0, torch.randn(layers * directions, 3, 8) * 0.5) if kind == "lstm" else h0
     check_layer(
-        model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"},
+        model,
+        (x, state),
+        scheme,
+        plugin_manager,
+        kinds={"": "recurrent"},
         check_dtype=variant == 0,
     )
 
@@ -87,7 +91,9 @@ def test_lstm_proj_size(scheme: str, bidirectional: bool, plugin_manager) -> Non
     d = 2 if bidirectional else 1
     x = torch.randn(5, 3, 6)
     state = (torch.randn(2 * d, 3, 4), torch.randn(2 * d, 3, 8))
-    quantized, _, _ = check_layer(model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"})
+    quantized, _, _ = check_layer(
+        model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"}
+    )
     assert isinstance(quantized, QuantizedRNN)
     assert "hr_l1" in quantized.linears
     lengths = torch.tensor([5, 2, 4])
@@ -105,7 +111,9 @@ def test_cells(scheme: str, cell: type[nn.Module], bias: bool, plugin_manager) -
     x = torch.randn(3, 6)
     h = torch.randn(3, 8) * 0.5
     state = (h, torch.randn(3, 8) * 0.5) if cell is nn.LSTMCell else h
-    quantized, _, _ = check_layer(model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"})
+    quantized, _, _ = check_layer(
+        model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"}
+    )
     with torch.no_grad():
         assert relative_error(quantized(x), model(x)) < 0.05  # no state: zeros
         single = (state[0][0], state[1][0]) if isinstance(state, tuple) else state[0]

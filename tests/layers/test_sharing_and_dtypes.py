@@ -34,7 +34,9 @@ def test_weight_shared_by_two_layers_of_one_kind(scheme: str, plugin_manager) ->
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_weight_norm_parametrizations_are_quantized_from_their_value(scheme: str, plugin_manager) -> None:
+def test_weight_norm_parametrizations_are_quantized_from_their_value(
+    scheme: str, plugin_manager
+) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
         parametrizations.weight_norm(nn.Linear(8, 8)),
@@ -74,7 +76,9 @@ def test_deprecated_weight_norm_hook_is_skipped_with_reason(plugin_manager) -> N
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_submodules_keep_their_dtype(scheme: str, dtype: torch.dtype, plugin_manager) -> None:
+def test_low_precision_submodules_keep_their_dtype(
+    scheme: str, dtype: torch.dtype, plugin_manager
+) -> None:
     torch.manual_seed(1)
 
     class Mixed(nn.Module):

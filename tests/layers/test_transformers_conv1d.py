@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from layer_checks import check_layer, relative_error
+from layer_checks import BOUNDS, check_layer, relative_error
 
 import quantcore
 
@@ -29,7 +29,8 @@ def test_no_mapper_without_transformers(monkeypatch: pytest.MonkeyPatch) -> None
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec",
+        importlib.util,
+        "find_spec",
         lambda name, *a: None if name == "transformers" else real_find_spec(name, *a),
     )
     assert list(quantcore_transformers.quantcore_layer_mappers()) == []
@@ -75,4 +76,4 @@ def test_tiny_gpt2(scheme: str, plugin_manager) -> None:
     with torch.no_grad():
         expected = model(tokens).logits
         got = result.module(tokens).logits
-    assert relative_error(got, expected) < (0.05 if scheme == "int8" else 0.005)
+    assert relative_error(got, expected) < BOUNDS[scheme]
