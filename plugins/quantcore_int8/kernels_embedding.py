@@ -35,7 +35,7 @@ def _unique_rows(
     """Dequantize each distinct index once: (rows, inverse indices, the distinct indices)."""
     unique, inverse = torch.unique(input, return_inverse=True)
     if unique.numel() == 0:  # empty input: one dummy row keeps torch's lookup well-defined
-        return torch.zeros(1, weight.data.shape[1]), inverse, unique
+        return weight.data.new_zeros(1, weight.data.shape[1], dtype=torch.float32), inverse, unique
     return _rows(weight, unique), inverse, unique
 
 
