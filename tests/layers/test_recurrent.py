@@ -142,3 +142,16 @@ def test_recurrent_in_a_model_with_embedding(plugin_manager) -> None:
     assert result.module is not None
     with torch.no_grad():
         assert relative_error(result.module(tokens), model(tokens)) < 0.05
+
+
+def test_training_mode_applies_dropout_between_layers(plugin_manager) -> None:
+    torch.manual_seed(9)
+    model = nn.GRU(6, 8, num_layers=2, dropout=0.5).eval()
+    quantized = quantcore.quantize(model, "int8", output="module", plugin_manager=plugin_manager)
+    x = torch.randn(5, 3, 6)
+    with torch.no_grad():
+        assert torch.equal(quantized(x)[0], quantized(x)[0])  # eval: deterministic
+        quantized.train()
+        first, second = quantized(x)[0], quantized(x)[0]
+    assert not torch.equal(first, second)  # dropout between the layers is active in training
+    assert torch.isfinite(first).all()
