@@ -7,12 +7,15 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 
 from importlib_metadata import PackageNotFoundError, version
 
-from quantcore.api import QuantizationResult, adapt_input, list_plugins, quantize
+from quantcore.api import QuantizationResult, adapt_input, list_plugins, manifest_of, quantize
 from quantcore.context import ConversionContext
 from quantcore.errors import (
+    CheckpointError,
+    IncompatibleFormatError,
     InvalidRegistrationError,
     LayerQuantizationError,
     LayerSkipped,
+    MissingDependencyError,
     NothingToQuantizeError,
     PluginConflictError,
     PluginError,
@@ -20,11 +23,14 @@ from quantcore.errors import (
     PluginLoadWarning,
     QuantcoreError,
     QuantcoreWarning,
+    SerializationError,
     UnknownObserverError,
     UnknownSchemeError,
+    UnsafeCheckpointError,
     UnsupportedInputError,
 )
 from quantcore.hookspecs import hookimpl, hookspec
+from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
 from quantcore.plugin_manager import (
     DISABLE_ENV_VAR,
     ENTRY_POINT_GROUP,
@@ -43,8 +49,21 @@ from quantcore.registrations import (
     LayerMapper,
     Observer,
     Scheme,
+    StateDictShard,
 )
 from quantcore.report import LayerReport, QuantizationReport
+from quantcore.serialization import (
+    CheckpointFile,
+    QuantizedFile,
+    RebuildContext,
+    load,
+    quantize_to_file,
+    read_checkpoint,
+    read_index,
+    read_quantized,
+    save,
+    shard_paths,
+)
 from quantcore.specs import (
     ActivationSpec,
     Granularity,
@@ -62,19 +81,26 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "DISABLE_ENV_VAR",
     "ENTRY_POINT_GROUP",
+    "FORMAT_VERSION",
     "ActivationSpec",
     "AdaptedInput",
+    "CheckpointError",
+    "CheckpointFile",
     "ConversionContext",
     "Granularity",
+    "IncompatibleFormatError",
     "InputAdapter",
     "InvalidRegistrationError",
     "KernelBackend",
     "KernelRequest",
     "LayerMapper",
     "LayerQuantizationError",
+    "LayerRecord",
     "LayerReport",
     "LayerSkipped",
     "LayerSpec",
+    "Manifest",
+    "MissingDependencyError",
     "NothingToQuantizeError",
     "Observer",
     "PluginCandidate",
@@ -89,12 +115,18 @@ __all__ = [
     "QuantcoreWarning",
     "QuantizationReport",
     "QuantizationResult",
+    "QuantizedFile",
     "QuantizedWeight",
+    "RebuildContext",
     "Registry",
     "Scheme",
+    "SerializationError",
+    "StateDictShard",
     "UnknownObserverError",
     "UnknownSchemeError",
+    "UnsafeCheckpointError",
     "UnsupportedInputError",
+    "WeightRecord",
     "WeightSpec",
     "__version__",
     "adapt_input",
@@ -103,5 +135,13 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "list_plugins",
+    "load",
+    "manifest_of",
     "quantize",
+    "quantize_to_file",
+    "read_checkpoint",
+    "read_index",
+    "read_quantized",
+    "save",
+    "shard_paths",
 ]

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from quantcore.specs import ActivationSpec, Granularity, LayerSpec, QuantizedWeight, QuantParams, WeightSpec
+from quantcore.specs import (
+    ActivationSpec,
+    Granularity,
+    LayerSpec,
+    QuantizedWeight,
+    QuantParams,
+    WeightSpec,
+)
 
 if TYPE_CHECKING:
     from quantcore.context import ConversionContext
