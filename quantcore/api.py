@@ -51,6 +51,8 @@ class QuantizationResult:
 def _describe(obj: object) -> str:
     if isinstance(obj, Mapping):
         return f"a {type(obj).__name__} with {len(obj)} entries"
+    if isinstance(obj, str):
+        return f"the string {obj[:200]!r}"
     return f"an object of type {type(obj).__module__}.{type(obj).__qualname__}"
 
 

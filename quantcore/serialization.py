@@ -84,9 +84,7 @@ def read_checkpoint(path: PathLike, *, mmap: bool = True) -> CheckpointFile:
     file. A pickle that needs arbitrary code is refused, never executed."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(
-            f"{p}: no such file" + (" (it is a folder)" if p.is_dir() else "")
-        )
+        raise CheckpointError(f"{p}: no such file" + (" (it is a folder)" if p.is_dir() else ""))
     if p.suffix == SAFETENSORS_SUFFIX:
         st = _safetensors()
         try:
@@ -148,8 +146,8 @@ def shard_paths(index_path: PathLike, filenames: Iterable[str]) -> dict[str, Pat
         candidate = (folder / name).resolve()
         if Path(name).is_absolute() or not candidate.is_relative_to(folder):
             raise UnsafeCheckpointError(
-                f"{index}: the index names shard {name!r}, which is outside the checkpoint's folder "
-                f"{folder}; refused. Shard names must be files next to the index."
+                f"{index}: the index names shard {name!r}, which is outside the checkpoint's "
+                f"folder {folder}; refused. Shard names must be files next to the index."
             )
         resolved[name] = candidate
     missing = [name for name, p in resolved.items() if not p.is_file()]
@@ -295,8 +293,9 @@ def save(obj: QuantizationResult | nn.Module, path: PathLike) -> Path:
         )
     if manifest is None:
         raise SerializationError(
-            "this module carries no quantcore metadata: pass the QuantizationResult (or the module) "
-            "that quantcore.quantize() or quantcore.load() returned, not a module built otherwise"
+            "this module carries no quantcore metadata: pass the QuantizationResult (or the "
+            "module) that quantcore.quantize() or quantcore.load() returned, not a module built "
+            "otherwise"
         )
     p = Path(path)
     if p.name.endswith(INDEX_SUFFIX):
@@ -318,7 +317,9 @@ class RebuildContext(ConversionContext):
     planned: tuple[WeightRecord, ...] = ()
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    def quantize_weight(self, weight: torch.Tensor, spec: WeightSpec | None = None) -> QuantizedWeight:
+    def quantize_weight(
+        self, weight: torch.Tensor, spec: WeightSpec | None = None
+    ) -> QuantizedWeight:
         index = len(self.quantized_weights)
         if index >= len(self.planned):
             raise SerializationError(
@@ -329,9 +330,9 @@ class RebuildContext(ConversionContext):
         record = self.planned[index]
         if tuple(weight.shape) != record.source_shape:
             raise SerializationError(
-                f"layer {self.layer_name!r}: the skeleton's weight has shape {tuple(weight.shape)}, "
-                f"the file was quantized from shape {record.source_shape}; build the skeleton with "
-                "the configuration of the model that was quantized"
+                f"layer {self.layer_name!r}: the skeleton's weight has shape "
+                f"{tuple(weight.shape)}, the file was quantized from shape {record.source_shape}; "
+                "build the skeleton with the configuration of the model that was quantized"
             )
         empty = record.empty(self.device)
         self.quantized_weights.append((record.source_shape, empty))
@@ -386,15 +387,21 @@ def load(
             )
         if not mapper.matches(module):
             raise SerializationError(
-                f"{qfile.path}: layer {record.name!r} is a {type(module).__name__} in the skeleton, "
-                f"which layer mapper {record.mapper!r} does not handle (the file says "
+                f"{qfile.path}: layer {record.name!r} is a {type(module).__name__} in the "
+                f"skeleton, which layer mapper {record.mapper!r} does not handle (the file says "
                 f"{record.layer_type or record.layer_kind}); pass a skeleton of the model that "
                 "was quantized"
             )
         scheme = registry.scheme(record.scheme)
         ctx = RebuildContext(
-            record.name, record.layer_kind, scheme, record.spec, registry, shared,
-            planned=record.weights, device=device,
+            record.name,
+            record.layer_kind,
+            scheme,
+            record.spec,
+            registry,
+            shared,
+            planned=record.weights,
+            device=device,
         )
         try:
             with torch.no_grad():
@@ -424,15 +431,14 @@ def load(
         raise SerializationError(
             f"{qfile.path} does not fit the skeleton {type(skeleton).__name__}: {exc}"
         ) from exc
-    still_meta = [
-        n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta
-    ]
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         logger.warning(
             "%d tensor(s) are not in the file and are on the meta device in the skeleton, so they "
             "have no values: %s. Build the skeleton so that such buffers are real (create them "
             "after leaving the meta-device context), or set them after loading.",
-            len(still_meta), ", ".join(still_meta[:10]),
+            len(still_meta),
+            ", ".join(still_meta[:10]),
         )
     model.eval()
     attach_manifest(model, qfile.manifest)
