@@ -213,7 +213,9 @@ class QuantizationJob:
             size_before=size_before,
             size_after=size_after,
             notes=adapted.notes,
-            plugins=tuple(name for name, _ in self.manager.list_name_plugin()),
+            plugins=tuple(
+                name for name, plugin in self.manager.list_name_plugin() if plugin is not None
+            ),
         )
         if log:
             _log_report(report)

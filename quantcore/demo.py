@@ -23,7 +23,8 @@ class ScaledResidual(nn.Module):
         self.mix = nn.Parameter(torch.eye(dim) + 0.01 * torch.randn(dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 0.1 * (x @ self.mix)
+        mixed: torch.Tensor = x @ self.mix
+        return x + 0.1 * mixed
 
 
 class Block(nn.Module):
@@ -37,14 +38,18 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm2(x))))
+        attended: torch.Tensor = self.attn(h, h, h, need_weights=False)[0]
+        x = x + attended
+        out: torch.Tensor = x + self.down(torch.nn.functional.gelu(self.up(self.norm2(x))))
+        return out
 
 
 class DemoEncoder(nn.Module):
     """Token embeddings, two pre-norm transformer blocks, a custom layer and a classifier head."""
 
-    def __init__(self, vocab: int = 1000, dim: int = 128, hidden: int = 512, classes: int = 10) -> None:
+    def __init__(
+        self, vocab: int = 1000, dim: int = 128, hidden: int = 512, classes: int = 10
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList([Block(dim, hidden) for _ in range(2)])
@@ -56,7 +61,8 @@ class DemoEncoder(nn.Module):
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(self.custom(x)).mean(dim=1))
+        logits: torch.Tensor = self.head(self.norm(self.custom(x)).mean(dim=1))
+        return logits
 
 
 def build_demo_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:

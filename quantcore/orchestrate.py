@@ -14,6 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -227,7 +228,8 @@ def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: S
         else:
             new = copy.copy(module)
             new._parameters = OrderedDict(
-                (k, None if p is None else clone_tensor(p)) for k, p in module._parameters.items()
+                (k, None if p is None else cast(nn.Parameter, clone_tensor(p)))
+                for k, p in module._parameters.items()
             )
             new._buffers = OrderedDict(
                 (k, None if b is None else clone_tensor(b)) for k, b in module._buffers.items()

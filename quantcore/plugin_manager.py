@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import importlib_metadata
 import pluggy
@@ -242,7 +242,8 @@ class QuantcorePluginManager(pluggy.PluginManager):
                         )
                         continue
                     collected[hook_name].append((plugin_name, item))
-                    provides.setdefault(plugin_name, {}).setdefault(kind, []).append(item.name)
+                    name: str = cast(Any, item).name
+                    provides.setdefault(plugin_name, {}).setdefault(kind, []).append(name)
         for name, kinds in provides.items():
             info = self._infos.get(name)
             if info is not None and info.status == "loaded":

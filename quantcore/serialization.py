@@ -519,7 +519,9 @@ def quantize_to_file(
         size_before=size_before,
         size_after=size_after,
         notes=job.adapted.notes,
-        plugins=tuple(name for name, _ in job.manager.list_name_plugin()),
+        plugins=tuple(
+            name for name, plugin in job.manager.list_name_plugin() if plugin is not None
+        ),
     )
     _log_report(report)
     return report, (index_path, *shard_files)

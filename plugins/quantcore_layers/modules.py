@@ -38,7 +38,7 @@ class QuantizedModule(nn.Module):
         self._backends = backends
         self._kernel: Callable[..., torch.Tensor] | None = None
         self.kernel_name = ""
-        self.register_load_state_dict_post_hook(_reprepare_after_load)
+        self.register_load_state_dict_post_hook(_reprepare_after_load)  # type: ignore[no-untyped-call]
 
     def _kernel_request(self) -> KernelRequest:
         raise NotImplementedError
@@ -48,7 +48,7 @@ class QuantizedModule(nn.Module):
         self.kernel_name = backend.name
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> QuantizedModule:
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._prepare_kernel()
         return self
 
@@ -58,7 +58,7 @@ class QuantizedModule(nn.Module):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         self._prepare_kernel()
 
 

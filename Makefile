@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test test-slow lint check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-runtime: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP_INSTALL) -e '.[test,lint]'
+	touch $@
+
+demo: $(VENV)/.installed-runtime  ## quantize the embedded default model and print the report
+	$(BIN)/quantcore demo
+
+test: $(VENV)/.installed-dev  ## the fast test suite
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.installed-dev  ## the heavier model sweeps (marked slow); none selected is fine
+	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+lint: $(VENV)/.installed-dev  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: test test-slow lint
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
