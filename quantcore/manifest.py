@@ -157,6 +157,7 @@ def layer_spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
         if act is None
         else {"granularity": act.granularity.value, "symmetric": act.symmetric},
         "granularity": spec.describe(),  # human-readable, for `quantcore inspect`
+        "reason": spec.reason,
     }
 
 
@@ -167,7 +168,7 @@ def layer_spec_from_dict(raw: Mapping[str, Any]) -> LayerSpec:
         if act is None
         else ActivationSpec(Granularity(act["granularity"]), bool(act["symmetric"]))
     )
-    return LayerSpec(weight_spec_from_dict(raw["weight"]), activation)
+    return LayerSpec(weight_spec_from_dict(raw["weight"]), activation, str(raw.get("reason", "")))
 
 
 def _layer_to_dict(layer: LayerRecord) -> dict[str, Any]:

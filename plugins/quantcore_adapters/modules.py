@@ -4,6 +4,8 @@ containers that only add behaviour around a model (DataParallel, DistributedData
 
 from __future__ import annotations
 
+import torch.fx
+import torch.fx
 from torch import nn
 
 import quantcore
@@ -38,9 +40,7 @@ def is_module(obj: object) -> bool:
 def adapt_module(obj: object) -> quantcore.AdaptedInput:
     assert isinstance(obj, nn.Module)
     module, notes = unwrap(obj)
-    kind = (
-        "GraphModule (torch.fx)"
-        if type(module).__name__ == "GraphModule"
-        else type(module).__name__
-    )
+    kind = type(module).__name__
+    if isinstance(module, torch.fx.GraphModule):
+        kind = f"GraphModule (torch.fx trace of {kind})"
     return quantcore.AdaptedInput(module=module, description=f"module {kind}", notes=notes)
