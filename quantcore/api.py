@@ -231,7 +231,9 @@ def prepare_job(
     strict: bool = False,
 ) -> QuantizationJob:
     """Load plugins, pick the scheme and adapt the input: everything before quantizing."""
-    scheme_name = _TORCH_DTYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+    scheme_name = (
+        _TORCH_DTYPE_NAMES.get(dtype, str(dtype)) if isinstance(dtype, torch.dtype) else dtype
+    )
     if not isinstance(scheme_name, str):
         raise TypeError(f"dtype must be a scheme name such as 'int8' or 'fp16', not {dtype!r}")
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)

@@ -249,7 +249,7 @@ def _copy_tree(root: nn.Module, replacements: Mapping[int, nn.Module], shared: S
 
 
 def _under(key: str, prefix: str) -> bool:
-    """Whether state-dict ``key`` belongs to the module whose prefix is ``prefix`` ("a.b." or "")."""
+    """Whether state-dict ``key`` lies under module prefix ``prefix`` ("a.b." or "")."""
     return key.startswith(prefix)
 
 

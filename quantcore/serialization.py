@@ -174,7 +174,7 @@ def read_index(path: PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{p}: a shard index needs a 'weight_map' object mapping tensor names to shard files"
         )
-    return raw
+    return dict(raw)
 
 
 # -- the quantcore file format ---------------------------------------------------------------
@@ -226,13 +226,13 @@ def read_quantized(path: PathLike) -> QuantizedFile:
             state_dict.update(_plain_state_dict(read_checkpoint(shard)))
         return QuantizedFile(state_dict, manifest, p, tuple(paths.values()))
     checkpoint = read_checkpoint(p)
-    manifest = quantcore_manifest(checkpoint)
-    if manifest is None:
+    found = quantcore_manifest(checkpoint)
+    if found is None:
         raise SerializationError(
             f"{p}: not a quantcore file (it carries no quantcore metadata). Quantize it first "
             f"(quantcore quantize {p.name} -o OUTPUT), or pass a file written by quantcore.save()."
         )
-    return QuantizedFile(_plain_state_dict(checkpoint), manifest, p)
+    return QuantizedFile(_plain_state_dict(checkpoint), found, p)
 
 
 def _plain_state_dict(checkpoint: CheckpointFile) -> dict[str, torch.Tensor]:

@@ -5,7 +5,6 @@ containers that only add behaviour around a model (DataParallel, DistributedData
 from __future__ import annotations
 
 import torch.fx
-import torch.fx
 from torch import nn
 
 import quantcore

@@ -49,7 +49,7 @@ def looks_like_embedding(prefix: str) -> bool:
 
 def linear_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
     """Prefixes whose tensors look like a linear layer: a 2-D float ``weight`` and maybe a
-    ``bias``, under a name that does not look like an embedding table (``embed_tokens``, ``wte``)."""
+    ``bias``, under a name that does not look like an embedding table (``embed_tokens``)."""
     for key, tensor in state_dict.items():
         if not key.endswith("weight") or (key != "weight" and not key.endswith(".weight")):
             continue

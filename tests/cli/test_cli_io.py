@@ -32,7 +32,10 @@ def test_quantize_then_inspect(checkpoint: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "scheme fp16" in done.stdout and "excluded by pattern 'head'" in done.stdout
     assert f"wrote {out}" in done.stdout and out.is_file()
-    assert torch.load(out, weights_only=True)["state_dict"]["blocks.0.up.weight"].dtype == torch.float16
+    assert (
+        torch.load(out, weights_only=True)["state_dict"]["blocks.0.up.weight"].dtype
+        == torch.float16
+    )
 
     shown = run("inspect", str(out))
     assert shown.returncode == 0, shown.stderr

@@ -101,7 +101,10 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
     file = tmp_path / "evil.pt"
     with open(file, "wb") as handle:
         pickle.dump({"weight": _Exploit(marker)}, handle, protocol=2)
-    torch.save({"state_dict": {"fc.weight": torch.ones(2, 2)}, "x": _Exploit(marker)}, tmp_path / "evil2.pt")
+    torch.save(
+        {"state_dict": {"fc.weight": torch.ones(2, 2)}, "x": _Exploit(marker)},
+        tmp_path / "evil2.pt",
+    )
     assert not marker.exists()
     for path in (file, tmp_path / "evil2.pt"):
         with pytest.raises(quantcore.UnsafeCheckpointError) as info:
@@ -117,7 +120,9 @@ def test_safetensors_needs_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyP
     file.write_bytes(b"not read")
     monkeypatch.setitem(__import__("sys").modules, "safetensors", None)
     monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)
-    with pytest.raises(quantcore.MissingDependencyError, match=r"pip install 'quantcore\[safetensors\]'"):
+    with pytest.raises(
+        quantcore.MissingDependencyError, match=r"pip install 'quantcore\[safetensors\]'"
+    ):
         quantcore.quantize(file)
 
 
@@ -125,7 +130,9 @@ def test_safetensors_input(tmp_path: Path) -> None:
     safetensors_torch = pytest.importorskip("safetensors.torch")
     model, _ = build_demo_model()
     file = tmp_path / "model.safetensors"
-    safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
+    safetensors_torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(file)
+    )
     _assert_same_tensors(quantcore.quantize(model).state_dict, quantcore.quantize(file).state_dict)
 
 
