@@ -7,7 +7,7 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 
 from importlib_metadata import PackageNotFoundError, version
 
-from quantcore.api import QuantizationResult, adapt_input, list_plugins, quantize
+from quantcore.api import QuantizationResult, adapt_input, list_plugins, manifest_of, quantize
 from quantcore.config import (
     CONFIG_ENV_VAR,
     ConfigFile,
@@ -18,13 +18,16 @@ from quantcore.config import (
 )
 from quantcore.context import ConversionContext
 from quantcore.errors import (
+    CheckpointError,
     ConfigError,
     ConfigFileError,
     ConfigTypeError,
     ConfigValueError,
+    IncompatibleFormatError,
     InvalidRegistrationError,
     LayerQuantizationError,
     LayerSkipped,
+    MissingDependencyError,
     NothingToQuantizeError,
     PluginConflictError,
     PluginError,
@@ -32,13 +35,16 @@ from quantcore.errors import (
     PluginLoadWarning,
     QuantcoreError,
     QuantcoreWarning,
+    SerializationError,
     UnknownConfigKeyError,
     UnknownObserverError,
     UnknownSchemeError,
+    UnsafeCheckpointError,
     UnsupportedInputError,
     did_you_mean,
 )
 from quantcore.hookspecs import hookimpl, hookspec
+from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
 from quantcore.plugin_manager import (
     DISABLE_ENV_VAR,
     ENTRY_POINT_GROUP,
@@ -57,8 +63,21 @@ from quantcore.registrations import (
     LayerMapper,
     Observer,
     Scheme,
+    StateDictShard,
 )
 from quantcore.report import LayerReport, QuantizationReport
+from quantcore.serialization import (
+    CheckpointFile,
+    QuantizedFile,
+    RebuildContext,
+    load,
+    quantize_to_file,
+    read_checkpoint,
+    read_index,
+    read_quantized,
+    save,
+    shard_paths,
+)
 from quantcore.specs import (
     ActivationSpec,
     Granularity,
@@ -77,6 +96,7 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "DISABLE_ENV_VAR",
     "ENTRY_POINT_GROUP",
+    "FORMAT_VERSION",
     "ActivationSpec",
     "AdaptedInput",
     "ConfigError",
@@ -84,17 +104,23 @@ __all__ = [
     "ConfigFileError",
     "ConfigTypeError",
     "ConfigValueError",
+    "CheckpointError",
+    "CheckpointFile",
     "ConversionContext",
     "Granularity",
+    "IncompatibleFormatError",
     "InputAdapter",
     "InvalidRegistrationError",
     "KernelBackend",
     "KernelRequest",
     "LayerMapper",
     "LayerQuantizationError",
+    "LayerRecord",
     "LayerReport",
     "LayerSkipped",
     "LayerSpec",
+    "Manifest",
+    "MissingDependencyError",
     "NothingToQuantizeError",
     "Observer",
     "Override",
@@ -111,13 +137,19 @@ __all__ = [
     "QuantizationReport",
     "QuantizationResult",
     "QuantizeConfig",
+    "QuantizedFile",
     "QuantizedWeight",
+    "RebuildContext",
     "Registry",
     "Scheme",
     "UnknownConfigKeyError",
+    "SerializationError",
+    "StateDictShard",
     "UnknownObserverError",
     "UnknownSchemeError",
+    "UnsafeCheckpointError",
     "UnsupportedInputError",
+    "WeightRecord",
     "WeightSpec",
     "__version__",
     "adapt_input",
@@ -130,4 +162,12 @@ __all__ = [
     "load_config",
     "quantize",
     "resolve_config",
+    "load",
+    "manifest_of",
+    "quantize_to_file",
+    "read_checkpoint",
+    "read_index",
+    "read_quantized",
+    "save",
+    "shard_paths",
 ]

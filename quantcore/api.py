@@ -25,7 +25,9 @@ from quantcore.errors import (
     UnknownSchemeError,
     UnsupportedInputError,
 )
+from quantcore.manifest import LayerRecord, Manifest
 from quantcore.orchestrate import (
+    Progress,
     Selection,
     module_bytes,
     quantize_module,
@@ -38,7 +40,7 @@ from quantcore.plugin_manager import (
     Registry,
     create_plugin_manager,
 )
-from quantcore.registrations import AdaptedInput
+from quantcore.registrations import AdaptedInput, Scheme
 from quantcore.report import LayerReport, QuantizationReport
 
 logger = logging.getLogger("quantcore")
@@ -52,28 +54,45 @@ _TORCH_DTYPE_NAMES = {torch.int8: "int8", torch.float16: "fp16"}
 class QuantizationResult:
     """The quantized model, its state dict, and the report of what happened to every layer.
 
-    ``module`` is None when the input was a state dict.
+    ``module`` is None when the input was a state dict. ``quantcore.save(result, path)`` writes it.
     """
 
     module: nn.Module | None
     state_dict: dict[str, torch.Tensor]
     report: QuantizationReport
+    manifest: Manifest | None = None  # what quantcore.save() writes next to the tensors
 
 
 def _describe(obj: object) -> str:
     if isinstance(obj, Mapping):
         return f"a {type(obj).__name__} with {len(obj)} entries"
+    if isinstance(obj, str):
+        return f"the string {obj[:200]!r}"
     return f"an object of type {type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def adapt_input(obj: object, registry: Registry) -> AdaptedInput:
-    """Run the first input adapter that accepts ``obj``."""
-    tried = []
+    """Run the first input adapter (by priority) that accepts ``obj``.
+
+    When none does, the error says what was received, which adapters were tried (with their
+    reasons for declining, where they give one) and what each would accept.
+    """
+    tried: list[str] = []
+    reasons: dict[str, str] = {}
     for adapter in registry.input_adapters:
         tried.append(adapter.name)
         if adapter.accepts(obj):
             return adapter.adapt(obj)
-    raise UnsupportedInputError(_describe(obj), tried)
+        if adapter.explain is not None:
+            try:
+                reason = adapter.explain(obj)
+            except Exception as exc:  # an explanation must never hide the real error
+                reason = f"explain() raised {type(exc).__name__}"
+            if reason:
+                reasons[adapter.name] = reason
+    accepted = [f"{a.description} ({a.name})" for a in registry.input_adapters if a.description]
+    hint = f"What works: {'; '.join(accepted)}." if accepted else ""
+    raise UnsupportedInputError(_describe(obj), tried, hint, reasons)
 
 
 def _plugin_manager(
@@ -100,6 +119,7 @@ def quantize(
     disable_plugins: Iterable[str] | None = ...,
     strict: bool | None = ...,
     log_level: str | None = ...,
+    progress: Progress | None = ...,
 ) -> QuantizationResult: ...
 @overload
 def quantize(
@@ -115,6 +135,7 @@ def quantize(
     disable_plugins: Iterable[str] | None = ...,
     strict: bool | None = ...,
     log_level: str | None = ...,
+    progress: Progress | None = ...,
 ) -> nn.Module: ...
 @overload
 def quantize(
@@ -130,6 +151,7 @@ def quantize(
     disable_plugins: Iterable[str] | None = ...,
     strict: bool | None = ...,
     log_level: str | None = ...,
+    progress: Progress | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 def quantize(
     obj: object,
@@ -144,6 +166,7 @@ def quantize(
     disable_plugins: Iterable[str] | None = None,
     strict: bool | None = None,
     log_level: str | None = None,
+    progress: Progress | None = None,
 ) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
     """Quantize a model (``nn.Module``) or a state dict with dynamic quantization.
 
@@ -167,11 +190,49 @@ def quantize(
         disable_plugins: plugin (entry-point) or distribution names not to load.
         strict: turn third-party plugin failures, and patterns that match no layer, into errors.
         log_level: level of the ``"quantcore"`` logger during this call (restored afterwards).
+        progress: called as ``progress(done, total, layer_name)`` while layers are converted.
 
     Layers that cannot be quantized are kept in float and listed in the report as skipped.
     """
     if output not in ("result", "module", "state_dict"):
         raise ValueError(f"output must be 'result', 'module' or 'state_dict', not {output!r}")
+    with preserved_global_state():
+        effective = resolve_settings(
+            config,
+            dtype=dtype,
+            include=include,
+            exclude=exclude,
+            overrides=overrides,
+            disable_plugins=disable_plugins,
+            strict=strict,
+            log_level=log_level,
+        )
+        with _logger_level(effective.log_level):
+            job = prepare_job(obj, effective, plugin_manager)
+            result = job.run(job.adapted, progress)
+    if output == "module":
+        if result.module is None:
+            raise ValueError(
+                "output='module' needs a module input; a state dict gives output='state_dict'"
+            )
+        return result.module
+    if output == "state_dict":
+        return result.state_dict
+    return result
+
+
+def resolve_settings(
+    config: ConfigInput = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    overrides: Iterable[Override | Mapping[str, Any]] | None = None,
+    disable_plugins: Iterable[str] | None = None,
+    strict: bool | None = None,
+    log_level: str | None = None,
+) -> QuantizeConfig:
+    """The effective configuration of a call: parameters over files over defaults."""
     if isinstance(dtype, torch.dtype):
         dtype = _TORCH_DTYPE_NAMES.get(dtype, str(dtype))
     if dtype is not None and not isinstance(dtype, str):
@@ -185,10 +246,7 @@ def quantize(
         "strict": strict,
         "log_level": log_level,
     }
-    with preserved_global_state():
-        effective = resolve_config(config, parameters=parameters)
-        with _logger_level(effective.log_level):
-            return _quantize(obj, effective, output, plugin_manager)
+    return resolve_config(config, parameters=parameters)
 
 
 def _as_patterns(value: str | Iterable[str] | None) -> list[str] | None:
@@ -197,12 +255,119 @@ def _as_patterns(value: str | Iterable[str] | None) -> list[str] | None:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _quantize(
-    obj: object,
-    config: QuantizeConfig,
-    output: Output,
-    plugin_manager: QuantcorePluginManager | None,
-) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class QuantizationJob:
+    """One quantize() call after plugins are loaded, the scheme chosen and the input adapted.
+
+    ``run`` quantizes an adapted input; a sharded input is run shard by shard by
+    ``quantcore.quantize_to_file`` (each shard as ``AdaptedInput(state_dict=...)``) so only one
+    shard is in memory at a time.
+    """
+
+    manager: QuantcorePluginManager
+    registry: Registry
+    scheme: Scheme
+    adapted: AdaptedInput
+    config: QuantizeConfig
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.config.include, self.config.exclude, self.config.overrides)
+
+    def run(
+        self, adapted: AdaptedInput, progress: Progress | None = None, *, log: bool = True
+    ) -> QuantizationResult:
+        scheme, registry, selection = self.scheme, self.registry, self.selection
+        records: list[LayerRecord] = []
+        module: nn.Module | None = None
+        type_names: dict[str, tuple[str, ...]] = {}
+        if adapted.module is not None:
+            module, layers = quantize_module(
+                adapted.module,
+                scheme,
+                registry,
+                selection=selection,
+                records=records,
+                progress=progress,
+            )
+            state_dict = module.state_dict()
+            size_before, size_after = module_bytes(adapted.module), module_bytes(module)
+            type_names = {
+                name: (type(m).__name__, f"{type(m).__module__}.{type(m).__qualname__}")
+                for name, m in adapted.module.named_modules()
+            }
+        elif adapted.state_dict is not None:
+            state_dict, layers = quantize_state_dict(
+                adapted.state_dict,
+                scheme,
+                registry,
+                selection=selection,
+                records=records,
+                progress=progress,
+            )
+            size_before = tensor_bytes(adapted.state_dict.values())
+            size_after = tensor_bytes(state_dict.values())
+        else:
+            # quantize() returns everything in memory; quantize_to_file() streams the shards.
+            assert adapted.shards is not None
+            state_dict, layers, size_before = {}, [], 0
+            for shard in adapted.shards:
+                tensors = shard.load()
+                part, part_layers = quantize_state_dict(
+                    tensors,
+                    scheme,
+                    registry,
+                    selection=selection,
+                    records=records,
+                    progress=progress,
+                )
+                size_before += tensor_bytes(tensors.values())
+                state_dict.update(part)
+                layers.extend(part_layers)
+                del tensors
+            size_after = tensor_bytes(state_dict.values())
+        if log:  # a streamed shard is only part of the input: checked once over all shards
+            self.check_result(layers, type_names)
+        manifest = Manifest(scheme.name, tuple(records), quantcore_version())
+        if module is not None:
+            attach_manifest(module, manifest)
+        report = QuantizationReport(
+            scheme=scheme.name,
+            input_description=adapted.description,
+            layers=tuple(layers),
+            size_before=size_before,
+            size_after=size_after,
+            notes=adapted.notes,
+            plugins=tuple(
+                name for name, plugin in self.manager.list_name_plugin() if plugin is not None
+            ),
+            config=self.config,
+        )
+        if log:
+            _log_report(report)
+        return QuantizationResult(module, state_dict, report, manifest)
+
+    def check_result(
+        self, layers: Sequence[LayerReport], type_names: Mapping[str, tuple[str, ...]]
+    ) -> None:
+        """Unused patterns warn (raise when strict); strict mode refuses an empty result."""
+        config = self.config
+        _check_selectors_used(config, layers, type_names)
+        if config.strict and not any(layer.status == "quantized" for layer in layers):
+            reasons = "; ".join(f"{r.name or '<root>'}: {r.reason}" for r in layers[:5] if r.reason)
+            raise NothingToQuantizeError(
+                f"nothing was quantized with scheme {self.scheme.name!r} and strict=True: "
+                f"{len(layers)} layer(s) with weights, none quantized "
+                f"({reasons or 'the input has no layers'}). Widen include/exclude/overrides, "
+                "install a plugin that handles these layers, or drop strict to get the report "
+                "instead."
+            )
+
+
+def prepare_job(
+    obj: object, config: QuantizeConfig, plugin_manager: QuantcorePluginManager | None = None
+) -> QuantizationJob:
+    """Load plugins, check names, pick the scheme and adapt the input: all before quantizing."""
     if plugin_manager is not None and config.disable_plugins:
         logger.info(
             "disable_plugins (%s, from %s) does not apply: the plugin_manager passed in is used "
@@ -221,56 +386,30 @@ def _quantize(
             raise
         raise UnknownSchemeError(exc.name, exc.available, exc.aliases, hint) from None
     adapted = adapt_input(obj, registry)
-    selection = Selection(config.include, config.exclude, config.overrides)
+    return QuantizationJob(manager, registry, scheme, adapted, config)
 
-    if adapted.module is not None:
-        module, layers = quantize_module(adapted.module, scheme, registry, selection=selection)
-        state_dict = module.state_dict()
-        size_before, size_after = module_bytes(adapted.module), module_bytes(module)
-        type_names = {
-            name: (type(m).__name__, f"{type(m).__module__}.{type(m).__qualname__}")
-            for name, m in adapted.module.named_modules()
-        }
-    else:
-        assert adapted.state_dict is not None
-        module = None
-        state_dict, layers = quantize_state_dict(
-            adapted.state_dict, scheme, registry, selection=selection
-        )
-        size_before = tensor_bytes(adapted.state_dict.values())
-        size_after = tensor_bytes(state_dict.values())
-        type_names = {}
 
-    _check_selectors_used(config, layers, type_names)
-    if config.strict and not any(layer.status == "quantized" for layer in layers):
-        reasons = "; ".join(f"{r.name or '<root>'}: {r.reason}" for r in layers[:5] if r.reason)
-        raise NothingToQuantizeError(
-            f"nothing was quantized with scheme {scheme.name!r} and strict=True: "
-            f"{len(layers)} layer(s) with weights, none quantized "
-            f"({reasons or 'the input has no layers'}). "
-            "Widen include/exclude/overrides, install a plugin that handles these layers, or drop "
-            "strict to get the report instead."
-        )
-    report = QuantizationReport(
-        scheme=scheme.name,
-        input_description=adapted.description,
-        layers=tuple(layers),
-        size_before=size_before,
-        size_after=size_after,
-        notes=adapted.notes,
-        plugins=tuple(name for name, p in manager.list_name_plugin() if p is not None),
-        config=config,
-    )
-    _log_report(report)
-    if output == "module":
-        if module is None:
-            raise ValueError(
-                "output='module' needs a module input; a state dict gives output='state_dict'"
-            )
-        return module
-    if output == "state_dict":
-        return state_dict
-    return QuantizationResult(module=module, state_dict=state_dict, report=report)
+MANIFEST_ATTRIBUTE = "_quantcore_manifest"
+
+
+def attach_manifest(module: nn.Module, manifest: Manifest) -> None:
+    """Remember on a quantized root module what quantcore.save() must write for it."""
+    module.__dict__[MANIFEST_ATTRIBUTE] = manifest
+
+
+def manifest_of(module: nn.Module) -> Manifest | None:
+    """The manifest of a module returned by quantize() or load(), else None."""
+    found = module.__dict__.get(MANIFEST_ATTRIBUTE)
+    return found if isinstance(found, Manifest) else None
+
+
+def quantcore_version() -> str:
+    from importlib_metadata import PackageNotFoundError, version
+
+    try:
+        return version("quantcore")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
 
 
 def _unloaded_plugins_hint(manager: QuantcorePluginManager) -> str:

@@ -73,7 +73,134 @@ def add_config_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     show.set_defaults(func=_cmd_config_show)
 
 
+class _Progress:
+    """Per-layer / per-shard progress on stderr: one updating line on a terminal, otherwise a
+    line every 10% of layers and one per shard. Small models (under 20 layers) show nothing."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.shard = ""
+        self._last = -1
+
+    def layer(self, done: int, total: int, name: str) -> None:
+        if self.quiet or total < 20:
+            return
+        step = max(1, total // 10)
+        prefix = f"{self.shard} " if self.shard else ""
+        if self.tty:
+            end = "\n" if done == total else ""
+            print(f"\r\x1b[K{prefix}[{done}/{total}] {name}", end=end, file=sys.stderr, flush=True)
+        elif done == total or done % step == 0:
+            print(f"{prefix}[{done}/{total}] {name}".rstrip(), file=sys.stderr, flush=True)
+
+    def shards(self, index: int, total: int, name: str) -> None:
+        if self.quiet:
+            return
+        if index < total:
+            self.shard = f"shard {index + 1}/{total}"
+            print(f"quantizing {self.shard}: {name}", file=sys.stderr, flush=True)
+        else:
+            self.shard = ""
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from quantcore.serialization import quantize_to_file
+
+    progress = _Progress(args.quiet)
+    report, written = quantize_to_file(
+        args.input,
+        args.output,
+        args.dtype,
+        include=args.include,
+        exclude=args.exclude,
+        config=args.config,
+        progress=progress.layer,
+        shard_progress=progress.shards,
+    )
+    print(report)
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from quantcore.orchestrate import tensor_bytes
+    from quantcore.serialization import read_quantized
+
+    qfile = read_quantized(args.file)
+    manifest = qfile.manifest
+    quantized_keys: set[str] = set()
+    layers = []
+    for layer in manifest.layers:
+        prefix = f"{layer.name}." if layer.name else ""
+        keys = [k for k in qfile.state_dict if k.startswith(prefix)]
+        quantized_keys.update(keys)
+        layers.append((layer, tensor_bytes(qfile.state_dict[k] for k in keys)))
+    float_keys = [k for k in qfile.state_dict if k not in quantized_keys]
+    total = tensor_bytes(qfile.state_dict.values())
+    float_bytes = tensor_bytes(qfile.state_dict[k] for k in float_keys)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "path": str(qfile.path),
+                    "shards": [str(p) for p in qfile.shards],
+                    "format_version": manifest.format_version,
+                    "quantcore_version": manifest.quantcore_version,
+                    "scheme": manifest.scheme,
+                    "layers": [
+                        {
+                            "name": layer.name,
+                            "layer_kind": layer.layer_kind,
+                            "layer_type": layer.layer_type,
+                            "scheme": layer.scheme,
+                            "weight_format": layer.weight_format,
+                            "granularity": layer.spec.describe(),
+                            "mapper": layer.mapper,
+                            "bytes": nbytes,
+                        }
+                        for layer, nbytes in layers
+                    ],
+                    "float_tensors": len(float_keys),
+                    "float_bytes": float_bytes,
+                    "total_bytes": total,
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    shards = f" ({len(qfile.shards)} shards)" if qfile.shards else ""
+    print(
+        f"{qfile.path}{shards}: quantcore file format {manifest.format_version}, written by "
+        f"quantcore {manifest.quantcore_version}, scheme {manifest.scheme}"
+    )
+    width = max((len(layer.name) for layer, _ in layers), default=4)
+    for layer, nbytes in layers:
+        print(
+            f"  {layer.name or '<root>':<{width}}  {layer.layer_kind:<10} {layer.weight_format:<6} "
+            f"{_size(nbytes):>10}  {layer.spec.describe()}"
+        )
+    print(
+        f"  {len(layers)} quantized layer(s), {len(float_keys)} float tensor(s) "
+        f"({_size(float_bytes)}); total {_size(total)}"
+    )
+    return EXIT_OK
+
+
+def _size(nbytes: int) -> str:
+    if nbytes < 2**20:
+        return f"{nbytes / 2**10:.1f} KiB"
+    return f"{nbytes / 2**20:.2f} MiB"
+
+
+class UsageError(Exception):
+    """A command-line usage problem found after parsing (exit code 2)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from quantcore.config import add_config_argument
+
     parser = argparse.ArgumentParser(
         prog="quantcore", description="Dynamic INT8/FP16 quantization for PyTorch models."
     )
@@ -90,6 +217,54 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=_cmd_plugins)
 
     add_config_command(sub)
+
+    quantize = sub.add_parser(
+        "quantize",
+        help="quantize a checkpoint file and write the quantized model",
+        description="Quantize a checkpoint (.pt/.pth/.bin/.safetensors, a *.index.json shard "
+        "index, or a folder holding one) and write a quantcore file; print the report. A sharded "
+        "input is quantized shard by shard and written sharded, with its own index. Load the "
+        "output with quantcore.load(OUTPUT, skeleton).",
+    )
+    quantize.add_argument("input", metavar="INPUT", help="checkpoint file, shard index or folder")
+    quantize.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="file to write: .safetensors (needs the safetensors extra) or .pt",
+    )
+    quantize.add_argument(
+        "--dtype",
+        default=None,
+        metavar="SCHEME",
+        help="quantization scheme: int8 (the default unless a configuration file says otherwise), "
+        "fp16, or one a plugin provides",
+    )
+    quantize.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="quantize only layers matching this glob or re:REGEX (repeatable)",
+    )
+    quantize.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="glob of layer names to keep in float (repeatable), e.g. 'lm_head' or 'encoder.*'",
+    )
+    add_config_argument(quantize)
+    quantize.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    quantize.set_defaults(func=_cmd_quantize)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="show what a quantized file holds (layers, schemes, sizes)",
+        description="Show the layers, schemes and sizes a quantcore file (or shard index) holds.",
+    )
+    inspect.add_argument("file", metavar="FILE", help="a file written by quantcore, or its index")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_cmd_inspect)
     return parser
 
 
@@ -99,9 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="quantcore: %(levelname)s: %(message)s", level=logging.WARNING)
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"quantcore: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except QuantcoreError as exc:
         print(f"quantcore: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("quantcore: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ class ConversionContext:
     registry: Registry
     shared: SharedState = field(default_factory=SharedState)
     notes: list[str] = field(default_factory=list)
+    # every weight this layer quantized, in call order, with the float shape it came from: what a
+    # saved file records so the layer can be rebuilt without float weights (quantcore.load)
+    quantized_weights: list[tuple[tuple[int, ...], QuantizedWeight]] = field(default_factory=list)
 
     def quantize_weight(
         self, weight: torch.Tensor, spec: WeightSpec | None = None
@@ -64,13 +67,13 @@ class ConversionContext:
                 )
         users.append((self.layer_name, self.layer_kind, spec))
         cached = self.shared.weights.get(key)
-        if cached is not None:
-            return cached
-        observer = self.registry.observer(spec.observer) if spec.observer else None
-        with torch.no_grad():
-            quantized = self.scheme.quantize_weight(weight.detach(), spec, observer)
-        self.shared.weights[key] = quantized
-        return quantized
+        if cached is None:
+            observer = self.registry.observer(spec.observer) if spec.observer else None
+            with torch.no_grad():
+                cached = self.scheme.quantize_weight(weight.detach(), spec, observer)
+            self.shared.weights[key] = cached
+        self.quantized_weights.append((tuple(weight.shape), cached))
+        return cached
 
     def clone(self, tensor: torch.Tensor) -> torch.Tensor:
         """An independent copy of a float tensor the new layer keeps (a bias, say), shared if reused."""

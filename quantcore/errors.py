@@ -104,16 +104,62 @@ class UnknownObserverError(QuantcoreError, ValueError):
 
 
 class UnsupportedInputError(QuantcoreError, TypeError):
-    """No input adapter accepts the object passed to :func:`quantcore.quantize`."""
+    """No input adapter accepts the object passed to :func:`quantcore.quantize`.
 
-    def __init__(self, received: str, tried: Iterable[str], hint: str = "") -> None:
+    ``tried`` names the adapters asked, ``reasons`` why some of them declined, and the message
+    ends with what each loaded adapter would accept.
+    """
+
+    def __init__(
+        self,
+        received: str,
+        tried: Iterable[str],
+        hint: str = "",
+        reasons: Mapping[str, str] | None = None,
+    ) -> None:
         self.received = received
         self.tried = tuple(tried)
-        tried_text = ", ".join(self.tried) if self.tried else "none (no input adapter is loaded)"
+        self.reasons = dict(reasons or {})
+        tried_text = (
+            ", ".join(
+                f"{name} ({self.reasons[name]})" if name in self.reasons else name
+                for name in self.tried
+            )
+            if self.tried
+            else "none (no input adapter is loaded)"
+        )
         super().__init__(
             f"cannot quantize {received}: no input adapter accepts it (tried: {tried_text}). "
             + (hint or "Pass a torch.nn.Module or a state dict (a mapping of names to tensors).")
         )
+
+
+class CheckpointError(QuantcoreError):
+    """A checkpoint file or folder cannot be read: missing, corrupt, or an invalid shard index."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle needs arbitrary code to load; quantcore refuses it and never runs that code."""
+
+
+class MissingDependencyError(QuantcoreError, ImportError):
+    """An optional dependency (a quantcore extra) is needed for what was asked."""
+
+    def __init__(self, what: str, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{what} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: pip install 'quantcore[{extra}]'"
+        )
+
+
+class SerializationError(QuantcoreError):
+    """A quantized model cannot be saved, or a quantcore file cannot be rebuilt into a model."""
+
+
+class IncompatibleFormatError(SerializationError):
+    """A quantcore file was written in a format version this quantcore cannot read."""
 
 
 class NothingToQuantizeError(QuantcoreError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -21,12 +21,16 @@ from torch import nn
 from quantcore.config import Override, apply_overrides, decide_layer, first_match
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import LayerQuantizationError, LayerSkipped
+from quantcore.manifest import LayerRecord, WeightRecord
 from quantcore.plugin_manager import Registry
 from quantcore.registrations import LayerMapper, Scheme
 from quantcore.report import LayerReport
 from quantcore.specs import LayerSpec
 
 logger = logging.getLogger("quantcore")
+
+# progress(done, total, layer_name): called before each planned layer and once at the end
+Progress = Callable[[int, int, str], None]
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -157,10 +161,13 @@ def quantize_module(
     *,
     exclude: Sequence[str] = (),
     selection: Selection | None = None,
+    records: list[LayerRecord] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[nn.Module, list[LayerReport]]:
     """Return a quantized copy of ``root`` and a report line for every layer holding float weights.
 
     ``selection`` (include/exclude patterns, per-layer overrides) replaces ``exclude`` when given.
+    ``records`` (if given) receives a :class:`LayerRecord` per quantized layer, for saving.
     """
     selection = selection or Selection(exclude=tuple(exclude))
     reports: dict[str, LayerReport] = {}
@@ -247,7 +254,9 @@ def quantize_module(
 
     shared = SharedState()
     replacements: dict[int, nn.Module] = {}
-    for item in planned:
+    for index, item in enumerate(planned):
+        if progress is not None:
+            progress(index, len(planned), item.name)
         layer_scheme, spec = item.resolved.scheme, item.resolved.spec
         assert spec is not None
         ctx = ConversionContext(
@@ -287,6 +296,10 @@ def quantize_module(
             notes=(*item.resolved.notes, *ctx.notes),
             override=item.resolved.override,
         )
+        if records is not None:
+            records.append(layer_record(item.name, type(item.module).__name__, item.mapper, ctx))
+    if progress is not None and planned:
+        progress(len(planned), len(planned), "")
 
     quantized = _copy_tree(root, replacements, shared)
     quantized.eval()
@@ -344,6 +357,11 @@ def _copy_tree(
     return copy_module(root)
 
 
+def _under(key: str, prefix: str) -> bool:
+    """Whether state-dict ``key`` lies under module prefix ``prefix`` ("a.b." or "")."""
+    return key.startswith(prefix)
+
+
 def quantize_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     scheme: Scheme,
@@ -351,110 +369,141 @@ def quantize_state_dict(
     *,
     exclude: Sequence[str] = (),
     selection: Selection | None = None,
+    records: list[LayerRecord] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
-    """Quantize a bare state dict: mappers recognize layers from tensor names and shapes."""
-    selection = selection or Selection(exclude=tuple(exclude))
-    remaining = dict(state_dict)
-    output: dict[str, torch.Tensor] = {}
-    reports: list[LayerReport] = []
-    shared = SharedState()
+    """Quantize a bare state dict: mappers recognize layers from tensor names and shapes.
 
+    Planning mirrors :func:`quantize_module` so that a model's state dict gives exactly the
+    tensors the model gives: a mapper claims a prefix and every tensor under it; a claim inside
+    another claim is dropped (the outer layer handles its subtree); and a claim inside a module
+    that holds float tensors of its own but is claimed by no mapper stays float, as that module
+    may read its children's weights directly (``MultiheadAttention`` and ``out_proj``).
+    """
+    selection = selection or Selection(exclude=tuple(exclude))
+    keys = list(state_dict)
+    claims: dict[str, LayerMapper] = {}
     for mapper in registry.layer_mappers:
         if mapper.state_dict_layers is None or mapper.convert_state_dict is None:
             continue
-        for prefix in list(mapper.state_dict_layers(remaining)):
-            tensors = {
-                key[len(prefix) :]: t
-                for key, t in remaining.items()
-                if key.startswith(prefix) and "." not in key[len(prefix) :]
-            }
-            if not tensors:
-                continue
-            name = prefix.rstrip(".")
-            layer_type = f"<{mapper.layer_kind} tensors>"
-            left_out = selection.not_selected(name)
-            if left_out is not None:
-                reports.append(
-                    LayerReport(
-                        name,
-                        layer_type,
-                        "skipped",
-                        mapper.layer_kind,
-                        reason=left_out,
-                        requested=True,
-                    )
-                )
-                continue
+        unclaimed = {k: state_dict[k] for k in keys if not any(_under(k, p) for p in claims)}
+        if not unclaimed:
+            break
+        for prefix in mapper.state_dict_layers(unclaimed):
+            if prefix not in claims and any(_under(k, prefix) for k in unclaimed):
+                claims[prefix] = mapper
+    # outer claims win, as a mapper that claims a module handles its whole subtree
+    claims = {
+        p: m for p, m in claims.items() if not any(q != p and p.startswith(q) for q in claims)
+    }
+    claimed_keys = {k for k in keys if any(_under(k, p) for p in claims)}
+    owners = {
+        k.rpartition(".")[0]
+        for k in keys
+        if k not in claimed_keys and state_dict[k].is_floating_point()
+    }
+
+    output: dict[str, torch.Tensor] = {}
+    reports: list[LayerReport] = []
+    converted_keys: set[str] = set()
+    shared = SharedState()
+    first_key = {p: next(i for i, k in enumerate(keys) if _under(k, p)) for p in claims}
+    planned = sorted(claims.items(), key=lambda item: first_key[item[0]])
+    for index, (prefix, mapper) in enumerate(planned):
+        assert mapper.convert_state_dict is not None
+        name = prefix.rstrip(".")
+        layer_type = f"<{mapper.layer_kind} tensors>"
+        if progress is not None:
+            progress(index, len(planned), name)
+        tensors = {k[len(prefix) :]: state_dict[k] for k in keys if _under(k, prefix)}
+        blocker = next(
+            (o for o in sorted(owners, key=len) if o == "" or prefix.startswith(o + ".")), None
+        )
+        left_out = selection.not_selected(name)
+        resolved: _Resolved | None = None
+        reason = None
+        if left_out is not None:
+            reason = left_out
+        elif blocker is not None:
+            reason = f"inside {blocker or '<root>'}, which holds float tensors no mapper handles"
+        else:
             resolved = _resolve(name, (layer_type,), mapper.layer_kind, scheme, registry, selection)
-            if resolved.skip_reason is not None or resolved.spec is None:
-                reports.append(
-                    LayerReport(
-                        name,
-                        layer_type,
-                        "skipped",
-                        mapper.layer_kind,
-                        mapper=mapper.name,
-                        reason=resolved.skip_reason,
-                        override=resolved.override,
-                        requested=resolved.requested,
-                    )
-                )
-                continue
-            layer_scheme, spec = resolved.scheme, resolved.spec
-            ctx = ConversionContext(name, mapper.layer_kind, layer_scheme, spec, registry, shared)
-            try:
-                converted = mapper.convert_state_dict(prefix, tensors, ctx)
-            except LayerSkipped as skip:
-                reports.append(
-                    LayerReport(
-                        name,
-                        layer_type,
-                        "skipped",
-                        mapper.layer_kind,
-                        mapper=mapper.name,
-                        reason=skip.reason,
-                        override=resolved.override,
-                    )
-                )
-                continue
-            except LayerQuantizationError:
-                raise
-            except Exception as exc:
-                raise LayerQuantizationError(name, layer_type, exc) from exc
-            for key in tensors:
-                del remaining[prefix + key]
-            for key, t in converted.items():
-                output[prefix + key] = t
+            reason = resolved.skip_reason
+        if reason is not None or resolved is None or resolved.spec is None:
             reports.append(
                 LayerReport(
                     name,
                     layer_type,
-                    "quantized",
+                    "skipped",
                     mapper.layer_kind,
-                    scheme=layer_scheme.name,
-                    granularity=spec.describe(),
                     mapper=mapper.name,
-                    bytes_before=tensor_bytes(tensors.values()),
-                    bytes_after=tensor_bytes(converted.values()),
-                    notes=(*resolved.notes, *ctx.notes),
+                    reason=reason,
+                    override=resolved.override if resolved else None,
+                    requested=left_out is not None or bool(resolved and resolved.requested),
+                )
+            )
+            continue
+        layer_scheme, spec = resolved.scheme, resolved.spec
+        ctx = ConversionContext(name, mapper.layer_kind, layer_scheme, spec, registry, shared)
+        try:
+            converted = mapper.convert_state_dict(prefix, tensors, ctx)
+        except LayerSkipped as skip:
+            reports.append(
+                LayerReport(
+                    name,
+                    layer_type,
+                    "skipped",
+                    mapper.layer_kind,
+                    mapper=mapper.name,
+                    reason=skip.reason,
                     override=resolved.override,
                 )
             )
+            continue
+        except LayerQuantizationError:
+            raise
+        except Exception as exc:
+            raise LayerQuantizationError(name, layer_type, exc) from exc
+        converted_keys.update(prefix + key for key in tensors)
+        for key, t in converted.items():
+            output[prefix + key] = t
+        reports.append(
+            LayerReport(
+                name,
+                layer_type,
+                "quantized",
+                mapper.layer_kind,
+                scheme=layer_scheme.name,
+                granularity=spec.describe(),
+                mapper=mapper.name,
+                bytes_before=tensor_bytes(tensors.values()),
+                bytes_after=tensor_bytes(converted.values()),
+                notes=(*resolved.notes, *ctx.notes),
+                override=resolved.override,
+            )
+        )
+        if records is not None:
+            records.append(layer_record(name, layer_type, mapper, ctx))
+    if progress is not None and planned:
+        progress(len(planned), len(planned), "")
 
+    remaining = {k: state_dict[k] for k in keys if k not in converted_keys}
     groups: dict[str, list[str]] = {}
     for key, t in remaining.items():
         clone = shared.clones.get(id(t))
         if clone is None:
             clone = shared.clones[id(t)] = t.detach().clone()
         output[key] = clone
-        if t.is_floating_point():
+        if t.is_floating_point() and key not in claimed_keys:
             groups.setdefault(key.rpartition(".")[0], []).append(key)
-    reported = {r.name for r in reports}  # layers left in float on purpose already have a line
-    for prefix, keys in groups.items():
-        if prefix in reported:
-            continue
-        matrices = [k for k in keys if remaining[k].dim() >= 2]
-        if matrices:
+    for prefix, group in groups.items():
+        matrices = [k for k in group if remaining[k].dim() >= 2]
+        left_out = selection.not_selected(prefix)
+        if left_out is not None:
+            reports.append(
+                LayerReport(prefix, "<tensors>", "skipped", reason=left_out, requested=True)
+            )
+        elif matrices:
             reports.append(
                 LayerReport(
                     prefix,
@@ -476,6 +525,22 @@ def quantize_state_dict(
     ordered = {k: output[k] for k in sorted(output, key=lambda k: _key_order(k, state_dict, order))}
     reports.sort(key=lambda r: order.get(r.name, len(order)))
     return ordered, reports
+
+
+def layer_record(
+    name: str, layer_type: str, mapper: LayerMapper, ctx: ConversionContext
+) -> LayerRecord:
+    """What a file must remember about one converted layer to build it again without weights."""
+    return LayerRecord(
+        name=name,
+        layer_kind=mapper.layer_kind,
+        mapper=mapper.name,
+        scheme=ctx.scheme.name,
+        weight_format=ctx.scheme.weight_format,
+        spec=ctx.spec,
+        weights=tuple(WeightRecord.of(shape, w) for shape, w in ctx.quantized_weights),
+        layer_type=layer_type,
+    )
 
 
 def _key_order(

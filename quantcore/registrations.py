@@ -141,28 +141,53 @@ class LayerMapper:
 
 
 @dataclass(frozen=True)
+class StateDictShard:
+    """One shard of a checkpoint too large to hold at once: ``load`` reads its tensors on demand.
+
+    Shards are quantized one at a time through the state-dict path, so memory stays bounded by
+    the largest shard. An adapter must put every tensor of one layer (and of a module that reads
+    its children's weights) into the same shard.
+    """
+
+    name: str
+    load: Callable[[], Mapping[str, torch.Tensor]]
+    size: int = 0  # bytes on disk, for progress messages
+
+
+@dataclass(frozen=True)
 class AdaptedInput:
-    """What an input adapter hands to the orchestration: a module or a state dict, never both."""
+    """What an input adapter hands to the orchestration: exactly one of a module, a state dict,
+    or a sequence of state-dict shards (a sharded checkpoint)."""
 
     module: nn.Module | None = None
     state_dict: Mapping[str, torch.Tensor] | None = None
     description: str = ""
     notes: tuple[str, ...] = ()
+    shards: tuple[StateDictShard, ...] | None = None
 
     def __post_init__(self) -> None:
-        if (self.module is None) == (self.state_dict is None):
-            raise ValueError("AdaptedInput needs exactly one of module= or state_dict=")
+        if self.shards is not None:
+            object.__setattr__(self, "shards", tuple(self.shards))
+        given = [x is not None for x in (self.module, self.state_dict, self.shards)]
+        if sum(given) != 1:
+            raise ValueError("AdaptedInput needs exactly one of module=, state_dict= or shards=")
 
 
 @dataclass(frozen=True)
 class InputAdapter:
-    """Turns what the caller passed (a module, a state dict, a file, ...) into an AdaptedInput."""
+    """Turns what the caller passed (a module, a state dict, a file, ...) into an AdaptedInput.
+
+    ``description`` says what the adapter accepts; it is shown when no adapter accepts an input.
+    ``explain`` (optional) says why this adapter declines a given object when that is not obvious
+    (a mapping with a non-tensor value, a path with an unknown suffix); None means no comment.
+    """
 
     name: str
     accepts: Callable[[object], bool]
     adapt: Callable[[object], AdaptedInput]
     priority: int = 0
     description: str = ""
+    explain: Callable[[object], str | None] | None = None
 
     def __post_init__(self) -> None:
         _check_name("input adapter", self.name)

@@ -259,7 +259,70 @@ def _layer_quantization_error(_: Path) -> BaseException:
     return _raised(lambda: quantcore.quantize(fragile_model(), plugin_manager=manager))
 
 
+class _RunsCode:
+    """Unpickling this would run code: the unsafe-checkpoint example must refuse it."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("this must never run",))
+
+
+def _checkpoint_error(tmp: Path) -> BaseException:
+    return _raised(lambda: quantcore.quantize(tmp / "missing.pt"))
+
+
+def _unsafe_checkpoint(tmp: Path) -> BaseException:
+    path = tmp / "model.pt"
+    torch.save({"weight": torch.zeros(2, 2), "payload": _RunsCode()}, path)
+    return _raised(lambda: quantcore.quantize(path))
+
+
+def _missing_dependency(tmp: Path) -> BaseException:
+    import sys
+
+    saved = sys.modules.get("safetensors")
+    sys.modules["safetensors"] = None  # type: ignore[assignment]  # as if not installed
+    (tmp / "model.safetensors").write_bytes(b"{}")
+    try:
+        return _raised(lambda: quantcore.quantize(tmp / "model.safetensors"))
+    finally:
+        if saved is None:
+            del sys.modules["safetensors"]
+        else:
+            sys.modules["safetensors"] = saved
+
+
+def _save_quantized(tmp: Path, version: int | None = None) -> Path:
+    import json
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    path = tmp / "q.pt"
+    quantcore.save(quantcore.quantize(model), path)
+    if version is not None:
+        content = torch.load(path, weights_only=True)
+        meta = json.loads(content["metadata"]["quantcore"])
+        meta["format_version"] = version
+        content["metadata"]["quantcore"] = json.dumps(meta)
+        torch.save(content, path)
+    return path
+
+
+def _incompatible_format(tmp: Path) -> BaseException:
+    path = _save_quantized(tmp, version=999)
+    return _raised(lambda: quantcore.read_quantized(path))
+
+
+def _serialization_error(tmp: Path) -> BaseException:
+    path = _save_quantized(tmp)
+    skeleton = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1))
+    return _raised(lambda: quantcore.load(path, skeleton))
+
+
 EXAMPLES: dict[str, Callable[[Path], BaseException | Warning]] = {
+    "CheckpointError": _checkpoint_error,
+    "UnsafeCheckpointError": _unsafe_checkpoint,
+    "MissingDependencyError": _missing_dependency,
+    "IncompatibleFormatError": _incompatible_format,
+    "SerializationError": _serialization_error,
     "PluginLoadError": lambda _: _plugin_load_error(strict=True),
     "PluginLoadWarning": _plugin_load_warning,
     "InvalidRegistrationError": _invalid_registration,

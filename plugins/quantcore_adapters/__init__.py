@@ -1,50 +1,56 @@
-"""Built-in input adapters: a ``torch.nn.Module`` or a state dict (mapping of names to tensors)."""
+"""Built-in input adapters: modules (unwrapping DataParallel and friends), state dicts (with
+checkpoint recovery) and checkpoint files or folders given as a path. A third-party package adds
+an adapter for its own format exactly the same way: a ``quantcore_input_adapters`` hook."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-
-import torch
-from torch import nn
+from collections.abc import Iterator
 
 import quantcore
-
-
-def _is_module(obj: object) -> bool:
-    return isinstance(obj, nn.Module)
-
-
-def _adapt_module(obj: object) -> quantcore.AdaptedInput:
-    assert isinstance(obj, nn.Module)
-    return quantcore.AdaptedInput(module=obj, description=f"module {type(obj).__name__}")
-
-
-def _is_state_dict(obj: object) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    )
-
-
-def _adapt_state_dict(obj: object) -> quantcore.AdaptedInput:
-    assert isinstance(obj, Mapping)
-    return quantcore.AdaptedInput(state_dict=obj, description=f"state dict with {len(obj)} tensors")
+from quantcore_adapters.files import adapt_path, explain_path, is_path
+from quantcore_adapters.modules import adapt_module, is_module
+from quantcore_adapters.state_dicts import (
+    adapt_checkpoint_object,
+    adapt_state_dict_object,
+    explain_checkpoint,
+    explain_state_dict,
+    is_checkpoint,
+    is_state_dict,
+)
 
 
 @quantcore.hookimpl
 def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
     yield quantcore.InputAdapter(
         name="module",
-        accepts=_is_module,
-        adapt=_adapt_module,
+        accepts=is_module,
+        adapt=adapt_module,
         priority=100,
-        description="a torch.nn.Module",
+        description="a torch.nn.Module (DataParallel/DDP/torch.compile wrappers are unwrapped)",
     )
     yield quantcore.InputAdapter(
         name="state_dict",
-        accepts=_is_state_dict,
-        adapt=_adapt_state_dict,
+        accepts=is_state_dict,
+        adapt=adapt_state_dict_object,
         priority=90,
         description="a state dict: a mapping of str names to tensors",
+        explain=explain_state_dict,
+    )
+    yield quantcore.InputAdapter(
+        name="checkpoint",
+        accepts=is_checkpoint,
+        adapt=adapt_checkpoint_object,
+        priority=80,
+        description="a checkpoint dict holding the state dict under 'state_dict', "
+        "'model_state_dict' or 'model'",
+        explain=explain_checkpoint,
+    )
+    yield quantcore.InputAdapter(
+        name="file",
+        accepts=is_path,
+        adapt=adapt_path,
+        priority=70,
+        description="a path (str or pathlib.Path) to a .pt/.pth/.bin/.safetensors checkpoint, "
+        "a *.index.json shard index, or a folder holding one",
+        explain=explain_path,
     )

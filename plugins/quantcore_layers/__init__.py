@@ -68,14 +68,26 @@ def convert_linear(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     )
 
 
+# Embedding tables are 2-D "weight"s too; in a bare state dict only their names tell them apart.
+_EMBEDDING_NAMES = ("wte", "wpe", "shared")
+
+
+def looks_like_embedding(prefix: str) -> bool:
+    last = prefix.rstrip(".").rpartition(".")[2].lower()
+    return "embed" in last or last in _EMBEDDING_NAMES
+
+
 def linear_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
-    """Prefixes whose tensors look like a linear layer: a 2-D float ``weight`` and maybe a ``bias``."""
+    """Prefixes whose tensors look like a linear layer: a 2-D float ``weight`` and maybe a
+    ``bias``, under a name that does not look like an embedding table (``embed_tokens``)."""
     for key, tensor in state_dict.items():
         if not key.endswith("weight") or (key != "weight" and not key.endswith(".weight")):
             continue
         if tensor.dim() != 2 or not tensor.is_floating_point():
             continue
         prefix = key[: -len("weight")]
+        if looks_like_embedding(prefix):
+            continue
         bias = state_dict.get(prefix + "bias")
         if bias is not None and tuple(bias.shape) != (tensor.shape[0],):
             continue

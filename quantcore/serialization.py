@@ -1,0 +1,555 @@
+"""Reading checkpoints safely, and saving / loading quantized models.
+
+Format-agnostic: a quantized model is its plain state dict plus a :class:`Manifest` (per layer:
+mapper, scheme, spec, quantized tensor shapes). ``torch.save`` files hold
+``{"format": "quantcore", "metadata": {"quantcore": <json>}, "state_dict": {...}}`` and load with
+``torch.load(weights_only=True)``; safetensors files hold the same JSON in their str -> str header.
+
+Loading rebuilds each recorded layer by running its mapper's ``convert`` on the float skeleton's
+module with a :class:`RebuildContext`, whose ``quantize_weight`` allocates empty tensors of the
+recorded shapes instead of quantizing; ``load_state_dict(assign=True)`` then fills every tensor
+from the file. No float weight is read, so the skeleton may live on the meta device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantcore.api import (
+    QuantizationJob,
+    QuantizationResult,
+    _log_report,
+    _logger_level,
+    attach_manifest,
+    manifest_of,
+    prepare_job,
+    preserved_global_state,
+    quantcore_version,
+    resolve_settings,
+)
+from quantcore.config import ConfigInput
+from quantcore.context import ConversionContext, SharedState
+from quantcore.errors import (
+    CheckpointError,
+    LayerSkipped,
+    MissingDependencyError,
+    QuantcoreError,
+    SerializationError,
+    UnsafeCheckpointError,
+)
+from quantcore.manifest import FORMAT_NAME, Manifest, WeightRecord
+from quantcore.orchestrate import Progress, _copy_tree, tensor_bytes
+from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
+from quantcore.registrations import AdaptedInput
+from quantcore.report import QuantizationReport
+from quantcore.specs import QuantizedWeight, WeightSpec
+
+logger = logging.getLogger("quantcore")
+
+PathLike = str | os.PathLike[str]
+METADATA_KEY = "quantcore"  # key of the manifest JSON in a file's str -> str metadata
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".index.json"
+
+
+# -- reading any checkpoint safely ---------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointFile:
+    """What one file holds: ``content`` is whatever ``torch.load(weights_only=True)`` returns
+    (a dict of tensors for safetensors); ``metadata`` is the safetensors header ({} for torch)."""
+
+    path: Path
+    content: object
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise MissingDependencyError(
+            "reading and writing .safetensors files", "safetensors", "safetensors"
+        ) from None
+    return safetensors
+
+
+def read_checkpoint(path: PathLike, *, mmap: bool = True) -> CheckpointFile:
+    """Read a ``.pt`` / ``.pth`` / ``.bin`` (pickle, with ``weights_only=True``) or ``.safetensors``
+    file. A pickle that needs arbitrary code is refused, never executed."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file" + (" (it is a folder)" if p.is_dir() else ""))
+    if p.suffix == SAFETENSORS_SUFFIX:
+        st = _safetensors()
+        try:
+            with st.safe_open(str(p), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from exc
+        return CheckpointFile(p, tensors, metadata)
+    try:
+        content = _torch_load(p, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{p}: refused to load: the pickle needs Python code that could do anything when "
+            f"unpickled, and quantcore loads only plain tensors and containers "
+            f"(torch.load(weights_only=True)). Nothing in it was run. Detail: "
+            f"{_first_line(exc)}. If you trust the file, load it yourself "
+            "(torch.load(path, weights_only=False)) and pass the model or its state_dict() to "
+            "quantcore; better, re-save it as a state dict or a .safetensors file."
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{p}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{_first_line(exc)})"
+        ) from None
+    return CheckpointFile(p, content)
+
+
+def _torch_load(path: Path, *, mmap: bool) -> object:
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:
+            raise
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zipfile" not in str(exc):
+                raise
+            # legacy (pre-zipfile) checkpoints cannot be memory-mapped
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            # torch's message starts with a generic sentence; the GLOBAL line says what was asked
+            if "GLOBAL" in text and "GLOBAL" not in line:
+                continue
+            return line.strip()
+    return text or type(exc).__name__
+
+
+def shard_paths(index_path: PathLike, filenames: Iterable[str]) -> dict[str, Path]:
+    """Resolve the shard names an index lists; a name that escapes the index's folder is refused."""
+    index = Path(index_path)
+    folder = index.parent.resolve()
+    resolved: dict[str, Path] = {}
+    for name in filenames:
+        candidate = (folder / name).resolve()
+        if Path(name).is_absolute() or not candidate.is_relative_to(folder):
+            raise UnsafeCheckpointError(
+                f"{index}: the index names shard {name!r}, which is outside the checkpoint's "
+                f"folder {folder}; refused. Shard names must be files next to the index."
+            )
+        resolved[name] = candidate
+    missing = [name for name, p in resolved.items() if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{index}: shard file(s) listed in the index are missing: {', '.join(sorted(missing))}"
+        )
+    return resolved
+
+
+def read_index(path: PathLike) -> dict[str, Any]:
+    """Read a shard index (``{"weight_map": {tensor: shard file}, "metadata": {...}}``)."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: not a readable JSON shard index ({exc})") from exc
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(
+            f"{p}: a shard index needs a 'weight_map' object mapping tensor names to shard files"
+        )
+    return dict(raw)
+
+
+# -- the quantcore file format ---------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizedFile:
+    """A quantcore file read back: its tensors and its manifest."""
+
+    state_dict: dict[str, torch.Tensor]
+    manifest: Manifest
+    path: Path
+    shards: tuple[Path, ...] = ()
+
+
+def quantcore_manifest(checkpoint: CheckpointFile) -> Manifest | None:
+    """The manifest a file carries if quantcore wrote it, else None."""
+    content, metadata = checkpoint.content, checkpoint.metadata
+    if isinstance(content, Mapping) and content.get("format") == FORMAT_NAME:
+        meta = content.get("metadata")
+        if isinstance(meta, Mapping) and isinstance(meta.get(METADATA_KEY), str):
+            return Manifest.from_json(meta[METADATA_KEY], str(checkpoint.path))
+        raise SerializationError(f"{checkpoint.path}: quantcore file without its metadata")
+    if METADATA_KEY in metadata:
+        return Manifest.from_json(metadata[METADATA_KEY], str(checkpoint.path))
+    return None
+
+
+def read_quantized(path: PathLike) -> QuantizedFile:
+    """Read a file (or a shard index) written by :func:`save` / :func:`quantize_to_file`."""
+    p = Path(path)
+    if p.is_dir():
+        indexes = sorted(p.glob("*" + INDEX_SUFFIX))
+        if len(indexes) != 1:
+            raise CheckpointError(
+                f"{p} is a folder; give the quantized file or its {INDEX_SUFFIX} index"
+            )
+        p = indexes[0]
+    if p.name.endswith(INDEX_SUFFIX):
+        raw = read_index(p)
+        meta = raw.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get(METADATA_KEY), str):
+            raise SerializationError(
+                f"{p}: this shard index was not written by quantcore (no quantcore metadata); "
+                "quantize the checkpoint first: quantcore quantize INDEX -o OUTPUT"
+            )
+        manifest = Manifest.from_json(meta[METADATA_KEY], str(p))
+        paths = shard_paths(p, dict.fromkeys(raw["weight_map"].values()))
+        state_dict: dict[str, torch.Tensor] = {}
+        for shard in paths.values():
+            state_dict.update(_plain_state_dict(read_checkpoint(shard)))
+        return QuantizedFile(state_dict, manifest, p, tuple(paths.values()))
+    checkpoint = read_checkpoint(p)
+    found = quantcore_manifest(checkpoint)
+    if found is None:
+        raise SerializationError(
+            f"{p}: not a quantcore file (it carries no quantcore metadata). Quantize it first "
+            f"(quantcore quantize {p.name} -o OUTPUT), or pass a file written by quantcore.save()."
+        )
+    return QuantizedFile(_plain_state_dict(checkpoint), found, p)
+
+
+def _plain_state_dict(checkpoint: CheckpointFile) -> dict[str, torch.Tensor]:
+    content = checkpoint.content
+    if isinstance(content, Mapping) and content.get("format") == FORMAT_NAME:
+        content = content.get("state_dict")
+    if not isinstance(content, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()
+    ):
+        raise SerializationError(f"{checkpoint.path}: the file holds no state dict of tensors")
+    return dict(content)
+
+
+def _write(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        st = _safetensors()
+        st.torch.save_file(_unshared(state_dict), str(path), metadata=metadata)
+    else:
+        torch.save(
+            {"format": FORMAT_NAME, "metadata": metadata, "state_dict": dict(state_dict)}, path
+        )
+
+
+def _unshared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied weights): give each its own copy."""
+    seen: set[tuple[str, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state_dict.items():
+        t = t.detach()
+        ptr = (str(t.device), t.untyped_storage().data_ptr())
+        out[key] = t.contiguous() if ptr not in seen and t.numel() else t.clone().contiguous()
+        seen.add(ptr)
+    return out
+
+
+def _metadata(manifest: Manifest) -> dict[str, str]:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(manifest.format_version),
+        "quantcore_version": manifest.quantcore_version,
+        METADATA_KEY: manifest.to_json(),
+    }
+
+
+def save(obj: QuantizationResult | nn.Module, path: PathLike) -> Path:
+    """Write a quantized model to ``path``: ``.safetensors`` for safetensors, anything else
+    (``.pt``) for ``torch.save``. ``obj`` is what :func:`quantcore.quantize` or :func:`load`
+    returned (a result or the quantized module)."""
+    if isinstance(obj, QuantizationResult):
+        manifest, state_dict = obj.manifest, obj.state_dict
+    elif isinstance(obj, nn.Module):
+        manifest, state_dict = manifest_of(obj), obj.state_dict()
+    else:
+        raise SerializationError(
+            f"quantcore.save() takes what quantcore.quantize() returned (a QuantizationResult or "
+            f"the quantized module), not {type(obj).__name__}"
+        )
+    if manifest is None:
+        raise SerializationError(
+            "this module carries no quantcore metadata: pass the QuantizationResult (or the "
+            "module) that quantcore.quantize() or quantcore.load() returned, not a module built "
+            "otherwise"
+        )
+    p = Path(path)
+    if p.name.endswith(INDEX_SUFFIX):
+        raise SerializationError(
+            f"{p}: an index file is written only for sharded input (quantcore.quantize_to_file); "
+            "give a .pt or .safetensors path"
+        )
+    _write(p, state_dict, _metadata(manifest))
+    return p
+
+
+# -- rebuilding from a float skeleton -----------------------------------------------------------
+@dataclass
+class RebuildContext(ConversionContext):
+    """A ConversionContext that builds a layer's structure without quantizing anything:
+    ``quantize_weight`` returns empty tensors of the shapes the file recorded, ``clone`` an empty
+    float tensor; the values come from the file afterwards."""
+
+    planned: tuple[WeightRecord, ...] = ()
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def quantize_weight(
+        self, weight: torch.Tensor, spec: WeightSpec | None = None
+    ) -> QuantizedWeight:
+        index = len(self.quantized_weights)
+        if index >= len(self.planned):
+            raise SerializationError(
+                f"layer {self.layer_name!r}: its mapper asks for more quantized weights than the "
+                "file records; the plugin that provides it changed incompatibly since the file "
+                "was written"
+            )
+        record = self.planned[index]
+        if tuple(weight.shape) != record.source_shape:
+            raise SerializationError(
+                f"layer {self.layer_name!r}: the skeleton's weight has shape "
+                f"{tuple(weight.shape)}, the file was quantized from shape {record.source_shape}; "
+                "build the skeleton with the configuration of the model that was quantized"
+            )
+        empty = record.empty(self.device)
+        self.quantized_weights.append((record.source_shape, empty))
+        return empty
+
+    def clone(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device)
+
+    def check_complete(self) -> None:
+        if len(self.quantized_weights) != len(self.planned):
+            raise SerializationError(
+                f"layer {self.layer_name!r}: the file records {len(self.planned)} quantized "
+                f"weight(s), its mapper built {len(self.quantized_weights)}; the plugin that "
+                "provides it changed incompatibly since the file was written"
+            )
+
+
+def load(
+    path: PathLike,
+    skeleton: nn.Module,
+    *,
+    plugin_manager: QuantcorePluginManager | None = None,
+) -> nn.Module:
+    """Rebuild a working quantized model from a file written by :func:`save` (or a shard index
+    written by :func:`quantize_to_file`) and a float model of the same architecture.
+
+    The skeleton only gives the structure: it may be on the meta device (built under
+    ``with torch.device("meta"):``); it is not modified. Every tensor comes from the file.
+    """
+    qfile = read_quantized(path)
+    manager = plugin_manager or create_plugin_manager()
+    registry = manager.registry()
+    mappers = {m.name: m for m in registry.layer_mappers}
+    modules = dict(skeleton.named_modules())
+    shared = SharedState()
+    replacements: dict[int, nn.Module] = {}
+    device = torch.device("cpu")
+    for record in qfile.manifest.layers:
+        module = modules.get(record.name)
+        if module is None:
+            raise SerializationError(
+                f"{qfile.path}: the file has quantized layer {record.name!r}, which the skeleton "
+                f"({type(skeleton).__name__}) does not have; pass a skeleton of the model that was "
+                "quantized"
+            )
+        mapper = mappers.get(record.mapper)
+        if mapper is None or mapper.convert is None:
+            raise SerializationError(
+                f"{qfile.path}: layer {record.name!r} was quantized by layer mapper "
+                f"{record.mapper!r}, which no loaded plugin provides; install the plugin that "
+                "provides it (`quantcore plugins` lists what is loaded)"
+            )
+        if not mapper.matches(module):
+            raise SerializationError(
+                f"{qfile.path}: layer {record.name!r} is a {type(module).__name__} in the "
+                f"skeleton, which layer mapper {record.mapper!r} does not handle (the file says "
+                f"{record.layer_type or record.layer_kind}); pass a skeleton of the model that "
+                "was quantized"
+            )
+        scheme = registry.scheme(record.scheme)
+        ctx = RebuildContext(
+            record.name,
+            record.layer_kind,
+            scheme,
+            record.spec,
+            registry,
+            shared,
+            planned=record.weights,
+            device=device,
+        )
+        try:
+            with torch.no_grad():
+                replacement = mapper.convert(module, ctx)
+        except QuantcoreError as exc:
+            reason = exc.reason if isinstance(exc, LayerSkipped) else str(exc)
+            raise SerializationError(f"rebuilding layer {record.name!r} failed: {reason}") from exc
+        except Exception as exc:
+            raise SerializationError(
+                f"rebuilding layer {record.name!r} with mapper {record.mapper!r} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        ctx.check_complete()
+        replacements[id(module)] = replacement
+    # Tensors the file holds are replaced below, so the copy gets meta placeholders for them;
+    # any other tensor (a non-persistent buffer) is copied from the skeleton.
+    for name, t in skeleton.state_dict(keep_vars=True).items():
+        if name in qfile.state_dict and id(t) not in shared.clones:
+            placeholder = torch.empty_like(t, device="meta")
+            if isinstance(t, nn.Parameter):
+                placeholder = nn.Parameter(placeholder, requires_grad=t.requires_grad)
+            shared.clones[id(t)] = placeholder
+    model = _copy_tree(skeleton, replacements, shared)
+    try:
+        model.load_state_dict(qfile.state_dict, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise SerializationError(
+            f"{qfile.path} does not fit the skeleton {type(skeleton).__name__}: {exc}"
+        ) from exc
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        logger.warning(
+            "%d tensor(s) are not in the file and are on the meta device in the skeleton, so they "
+            "have no values: %s. Build the skeleton so that such buffers are real (create them "
+            "after leaving the meta-device context), or set them after loading.",
+            len(still_meta),
+            ", ".join(still_meta[:10]),
+        )
+    model.eval()
+    attach_manifest(model, qfile.manifest)
+    return model
+
+
+# -- quantizing straight to a file (streams sharded checkpoints) ---------------------------------
+def sharded_names(path: Path, count: int) -> tuple[Path, list[Path]]:
+    """Index and shard paths for ``path`` (``out/model.safetensors`` ->
+    ``out/model.safetensors.index.json`` and ``out/model-00001-of-00003.safetensors``)."""
+    base = Path(str(path)[: -len(INDEX_SUFFIX)]) if path.name.endswith(INDEX_SUFFIX) else path
+    suffix = base.suffix or ".pt"
+    index = base.with_name(base.stem + suffix + INDEX_SUFFIX)
+    shards = [
+        base.with_name(f"{base.stem}-{i:05d}-of-{count:05d}{suffix}") for i in range(1, count + 1)
+    ]
+    return index, shards
+
+
+ShardProgress = Any  # Callable[[int, int, str], None]: (shard index, shard count, shard name)
+
+
+def quantize_to_file(
+    obj: object,
+    path: PathLike,
+    dtype: str | torch.dtype | None = None,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    config: ConfigInput = None,
+    plugin_manager: QuantcorePluginManager | None = None,
+    disable_plugins: Iterable[str] | None = None,
+    strict: bool | None = None,
+    progress: Progress | None = None,
+    shard_progress: ShardProgress | None = None,
+) -> tuple[QuantizationReport, tuple[Path, ...]]:
+    """Quantize ``obj`` and write the result; returns the report and the files written.
+
+    Settings resolve as in :func:`quantcore.quantize` (parameters over configuration files over
+    defaults). A sharded input is quantized shard by shard and written as a sharded output with
+    its own index (see :func:`sharded_names`), so memory stays bounded by the largest shard.
+    """
+    with preserved_global_state():
+        effective = resolve_settings(
+            config,
+            dtype=dtype,
+            include=include,
+            exclude=exclude,
+            disable_plugins=disable_plugins,
+            strict=strict,
+        )
+        with _logger_level(effective.log_level):
+            job = prepare_job(obj, effective, plugin_manager)
+            return _quantize_job_to_file(job, Path(path), progress, shard_progress)
+
+
+def _quantize_job_to_file(
+    job: QuantizationJob,
+    target: Path,
+    progress: Progress | None,
+    shard_progress: ShardProgress | None,
+) -> tuple[QuantizationReport, tuple[Path, ...]]:
+    if job.adapted.shards is None:
+        result = job.run(job.adapted, progress)
+        return result.report, (save(result, target),)
+    shards = job.adapted.shards
+    index_path, shard_files = sharded_names(target, len(shards))
+    weight_map: dict[str, str] = {}
+    manifest = Manifest(job.scheme.name, (), quantcore_version())
+    layers: list[Any] = []
+    size_before = size_after = 0
+    for i, (shard, out_file) in enumerate(zip(shards, shard_files, strict=True)):
+        if shard_progress is not None:
+            shard_progress(i, len(shards), shard.name)
+        tensors = shard.load()
+        part = job.run(
+            AdaptedInput(state_dict=tensors, description=shard.name), progress, log=False
+        )
+        size_before += tensor_bytes(tensors.values())
+        del tensors
+        assert part.manifest is not None
+        _write(out_file, part.state_dict, _metadata(part.manifest))
+        manifest = manifest.merged(part.manifest)
+        weight_map.update(dict.fromkeys(part.state_dict, out_file.name))
+        size_after += part.report.size_after
+        layers.extend(part.report.layers)
+        del part
+    if shard_progress is not None:
+        shard_progress(len(shards), len(shards), "")
+    job.check_result(layers, {})
+    index = {
+        "metadata": {**_metadata(manifest), "total_size": size_after},
+        "weight_map": weight_map,
+    }
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
+    report = QuantizationReport(
+        scheme=job.scheme.name,
+        input_description=job.adapted.description,
+        layers=tuple(layers),
+        size_before=size_before,
+        size_after=size_after,
+        notes=job.adapted.notes,
+        plugins=tuple(
+            name for name, plugin in job.manager.list_name_plugin() if plugin is not None
+        ),
+        config=job.config,
+    )
+    _log_report(report)
+    return report, (index_path, *shard_files)
