@@ -15,16 +15,26 @@ import quantcore
 from quantcore import ConversionContext
 from quantcore_layers.attention import (
     QuantizedMultiheadAttention,
+    attention_state_dict_layers,
+    convert_attention_state_dict,
     convert_multihead_attention,
     is_multihead_attention,
 )
 from quantcore_layers.common import module_bias, module_tensor
-from quantcore_layers.conv import QuantizedConv, convert_conv, is_conv
+from quantcore_layers.conv import (
+    QuantizedConv,
+    conv_state_dict_layers,
+    convert_conv,
+    convert_conv_state_dict,
+    is_conv,
+)
 from quantcore_layers.embedding import (
     QuantizedEmbedding,
     QuantizedEmbeddingBag,
     convert_embedding,
     convert_embedding_bag,
+    convert_embedding_state_dict,
+    embedding_state_dict_layers,
     is_embedding,
     is_embedding_bag,
 )
@@ -33,7 +43,9 @@ from quantcore_layers.recurrent import (
     QuantizedRNN,
     QuantizedRNNCell,
     convert_recurrent,
+    convert_recurrent_state_dict,
     is_recurrent,
+    recurrent_state_dict_layers,
 )
 
 __all__ = [
@@ -129,6 +141,8 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         layer_kind="attention",
         matches=is_multihead_attention,
         convert=convert_multihead_attention,
+        state_dict_layers=attention_state_dict_layers,
+        convert_state_dict=convert_attention_state_dict,
         priority=110,
         description="torch.nn.MultiheadAttention (packed or separate q/k/v, out_proj)",
     )
@@ -137,6 +151,8 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         layer_kind="recurrent",
         matches=is_recurrent,
         convert=convert_recurrent,
+        state_dict_layers=recurrent_state_dict_layers,
+        convert_state_dict=convert_recurrent_state_dict,
         priority=100,
         description="torch.nn.LSTM, GRU, RNN and LSTMCell, GRUCell, RNNCell",
     )
@@ -145,6 +161,8 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         layer_kind="embedding",
         matches=is_embedding,
         convert=convert_embedding,
+        state_dict_layers=embedding_state_dict_layers,
+        convert_state_dict=convert_embedding_state_dict,
         priority=100,
         description="torch.nn.Embedding (weight-only)",
     )
@@ -161,6 +179,8 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         layer_kind="conv",
         matches=is_conv,
         convert=convert_conv,
+        state_dict_layers=conv_state_dict_layers,
+        convert_state_dict=convert_conv_state_dict,
         priority=100,
         description="torch.nn.Conv1d, Conv2d, Conv3d",
     )

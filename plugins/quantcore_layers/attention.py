@@ -5,6 +5,7 @@ batch_first, kdim/vdim, add_bias_kv, add_zero_attn, unbatched inputs, dropout in
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -223,3 +224,36 @@ def convert_multihead_attention(module: nn.Module, ctx: ConversionContext) -> nn
         module_bias(module, "bias_k", ctx),
         module_bias(module, "bias_v", ctx),
     )
+
+
+def attention_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """Prefixes holding MultiheadAttention's tensors: ``in_proj_weight`` (packed) or
+    ``q_proj_weight`` (separate); the claim covers ``out_proj.*`` too."""
+    for key, tensor in state_dict.items():
+        for name in ("in_proj_weight", "q_proj_weight"):
+            if (key == name or key.endswith("." + name)) and tensor.dim() == 2:
+                yield key[: -len(name)]
+
+
+def convert_attention_state_dict(
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: ConversionContext
+) -> dict[str, torch.Tensor]:
+    if "in_proj_weight" in tensors:
+        packed = tensors["in_proj_weight"]
+        e = packed.shape[0] // 3
+        weights = [packed[:e], packed[e : 2 * e], packed[2 * e :]]
+    else:
+        weights = [tensors[f"{n}_proj_weight"] for n in ("q", "k", "v")]
+        e = weights[0].shape[0]
+    bias = tensors.get("in_proj_bias")
+    out: dict[str, torch.Tensor] = {}
+    for i, (name, weight) in enumerate(zip(("q_proj", "k_proj", "v_proj"), weights, strict=True)):
+        out.update(ctx.quantize_weight(weight).tensors(f"{name}.weight"))
+        if bias is not None:
+            out[f"{name}.bias"] = bias[i * e : (i + 1) * e].clone()
+    if "out_proj.weight" in tensors:
+        out.update(ctx.quantize_weight(tensors["out_proj.weight"]).tensors("out_proj.weight"))
+    used = {"in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight"}
+    for key in sorted(set(tensors) - used - {"out_proj.weight"}):
+        out[key] = ctx.clone(tensors[key])
+    return out

@@ -4,6 +4,8 @@ they are reported as skipped (no mapper)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
 
@@ -89,3 +91,26 @@ def convert_conv(module: nn.Module, ctx: ConversionContext) -> nn.Module:
         ctx.spec.activation,
         ctx.kernel_candidates("conv"),
     )
+
+
+def conv_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """Prefixes of a 3-, 4- or 5-D float ``weight`` (Conv1d/2d/3d), with an optional ``bias`` of
+    one value per output channel."""
+    for key, tensor in state_dict.items():
+        if key != "weight" and not key.endswith(".weight"):
+            continue
+        if tensor.dim() not in (3, 4, 5) or not tensor.is_floating_point():
+            continue
+        prefix = key[: -len("weight")]
+        bias = state_dict.get(prefix + "bias")
+        if bias is None or tuple(bias.shape) == (tensor.shape[0],):
+            yield prefix
+
+
+def convert_conv_state_dict(
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: ConversionContext
+) -> dict[str, torch.Tensor]:
+    out = dict(ctx.quantize_weight(tensors["weight"]).tensors("weight"))
+    for key in sorted(set(tensors) - {"weight"}):
+        out[key] = ctx.clone(tensors[key])
+    return out

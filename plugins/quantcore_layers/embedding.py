@@ -8,6 +8,8 @@ which gives the outputs torch gives (a renormalized row keeps its norm on later 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
 
@@ -131,3 +133,25 @@ def convert_embedding_bag(module: nn.Module, ctx: ConversionContext) -> nn.Modul
         ctx.note("max_norm: dequantized rows are renormalized at each lookup (table not modified)")
     weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
     return QuantizedEmbeddingBag(module, weight, ctx.kernel_candidates("embedding_bag"))
+
+
+def embedding_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """Prefixes of a 2-D float ``weight`` under an embedding-like name (``embed_tokens``, ``wte``):
+    a table and a linear weight look the same, so the name decides, as for the linear mapper."""
+    from quantcore_layers import looks_like_embedding
+
+    for key, tensor in state_dict.items():
+        if key != "weight" and not key.endswith(".weight"):
+            continue
+        prefix = key[: -len("weight")]
+        if tensor.dim() == 2 and tensor.is_floating_point() and looks_like_embedding(prefix):
+            yield prefix
+
+
+def convert_embedding_state_dict(
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: ConversionContext
+) -> dict[str, torch.Tensor]:
+    out = dict(ctx.quantize_weight(tensors["weight"]).tensors("weight"))
+    for key in sorted(set(tensors) - {"weight"}):
+        out[key] = ctx.clone(tensors[key])
+    return out

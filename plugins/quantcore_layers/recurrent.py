@@ -7,7 +7,8 @@ projection for all time steps in one call, then the recurrence step by step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -275,3 +276,40 @@ def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
         for part in ("ih", "hh")
     )
     return QuantizedRNNCell(module, ih, hh)
+
+
+_RNN_WEIGHT = re.compile(r"^(.*?)weight_(ih|hh|hr)(_l\d+(?:_reverse)?)?$")
+
+
+def recurrent_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Iterator[str]:
+    """Prefixes holding ``weight_ih_l0`` (LSTM/GRU/RNN) or ``weight_ih`` (cells)."""
+    for key, tensor in state_dict.items():
+        match = _RNN_WEIGHT.match(key)
+        if (
+            match
+            and match.group(2) == "ih"
+            and match.group(3) in (None, "_l0")
+            and tensor.dim() == 2
+        ):
+            prefix = match.group(1)
+            if prefix == "" or prefix.endswith("."):
+                yield prefix
+
+
+def convert_recurrent_state_dict(
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: ConversionContext
+) -> dict[str, torch.Tensor]:
+    """The tensors QuantizedRNN (``linears.ih_l0.*``) or QuantizedRNNCell (``ih.*``) holds."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = re.match(r"^(weight|bias)_(ih|hh|hr)(_l\d+(?:_reverse)?)?$", key)
+        if match is None:
+            out[key] = ctx.clone(tensor)
+            continue
+        kind, part, suffix = match.groups()
+        name = f"linears.{part}{suffix}" if suffix else part
+        if kind == "weight":
+            out.update(ctx.quantize_weight(tensor).tensors(f"{name}.weight"))
+        else:
+            out[f"{name}.bias"] = ctx.clone(tensor)
+    return out

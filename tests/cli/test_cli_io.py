@@ -40,10 +40,10 @@ def test_quantize_then_inspect(checkpoint: Path, tmp_path: Path) -> None:
     shown = run("inspect", str(out))
     assert shown.returncode == 0, shown.stderr
     assert "scheme fp16" in shown.stdout and "blocks.1.down" in shown.stdout
-    assert "4 quantized layer(s)" in shown.stdout
+    assert "7 quantized layer(s)" in shown.stdout  # embedding, 2 attentions, 4 linears
 
     as_json = json.loads(run("inspect", str(out), "--json").stdout)
-    assert as_json["scheme"] == "fp16" and len(as_json["layers"]) == 4
+    assert as_json["scheme"] == "fp16" and len(as_json["layers"]) == 7
     assert {layer["weight_format"] for layer in as_json["layers"]} == {"fp16"}
 
 
