@@ -3,6 +3,7 @@ the tools to apply it, so mappers never reach into the plugin manager themselves
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,8 @@ class ConversionContext:
             observer = self.registry.observer(spec.observer) if spec.observer else None
             with torch.no_grad():
                 cached = self.scheme.quantize_weight(weight.detach(), spec, observer)
+            if cached.dequantizer is None:
+                cached = dataclasses.replace(cached, dequantizer=self.scheme.dequantize_weight)
             self.shared.weights[key] = cached
         self.quantized_weights.append((tuple(weight.shape), cached))
         return cached

@@ -8,7 +8,6 @@ are cloned, and quantized layers are built fresh from the original weights one a
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -205,8 +204,9 @@ def quantize_module(
             continue
         if mapper is None:
             if own_float_parameters(module):
-                # A layer with weights of its own may read its children's weights directly (as
-                # MultiheadAttention reads out_proj.weight), so its whole subtree stays float.
+                # Only its own tensors stay float: its children are layers of their own. Should
+                # it read a child's weight directly (``child.weight``), quantized layers answer
+                # with the dequantized float values, so it still computes correctly.
                 reports[name] = _layer_report(
                     name,
                     module,
@@ -214,15 +214,6 @@ def quantize_module(
                     reason=f"no mapper for {type(module).__name__}",
                     bytes_before=tensor_bytes(own_float_parameters(module)),
                 )
-                handled.append(name)
-                for child_name, child in module.named_modules(prefix=name):
-                    if child is not module and own_float_parameters(child):
-                        reports[child_name] = _layer_report(
-                            child_name,
-                            child,
-                            status="skipped",
-                            reason=f"inside {name} ({type(module).__name__}), which no mapper handles",
-                        )
             continue
         handled.append(name)
         if mapper.keep_reason is not None:
@@ -335,7 +326,9 @@ def _copy_tree(
             for attr in ("_forward_hooks", "_forward_pre_hooks"):
                 getattr(new, attr).update(getattr(module, attr))
         else:
-            new = copy.copy(module)
+            # A shallow copy that bypasses __getstate__: parametrized modules refuse pickling.
+            new = type(module).__new__(type(module))
+            new.__dict__.update(module.__dict__)
             new._parameters = OrderedDict(
                 (k, None if p is None else cast(nn.Parameter, clone_tensor(p)))
                 for k, p in module._parameters.items()
@@ -376,9 +369,7 @@ def quantize_state_dict(
 
     Planning mirrors :func:`quantize_module` so that a model's state dict gives exactly the
     tensors the model gives: a mapper claims a prefix and every tensor under it; a claim inside
-    another claim is dropped (the outer layer handles its subtree); and a claim inside a module
-    that holds float tensors of its own but is claimed by no mapper stays float, as that module
-    may read its children's weights directly (``MultiheadAttention`` and ``out_proj``).
+    another claim is dropped (the outer layer handles its subtree).
     """
     selection = selection or Selection(exclude=tuple(exclude))
     keys = list(state_dict)
@@ -397,12 +388,6 @@ def quantize_state_dict(
         p: m for p, m in claims.items() if not any(q != p and p.startswith(q) for q in claims)
     }
     claimed_keys = {k for k in keys if any(_under(k, p) for p in claims)}
-    owners = {
-        k.rpartition(".")[0]
-        for k in keys
-        if k not in claimed_keys and state_dict[k].is_floating_point()
-    }
-
     output: dict[str, torch.Tensor] = {}
     reports: list[LayerReport] = []
     converted_keys: set[str] = set()
@@ -416,16 +401,11 @@ def quantize_state_dict(
         if progress is not None:
             progress(index, len(planned), name)
         tensors = {k[len(prefix) :]: state_dict[k] for k in keys if _under(k, prefix)}
-        blocker = next(
-            (o for o in sorted(owners, key=len) if o == "" or prefix.startswith(o + ".")), None
-        )
         left_out = selection.not_selected(name)
         resolved: _Resolved | None = None
         reason = None
         if left_out is not None:
             reason = left_out
-        elif blocker is not None:
-            reason = f"inside {blocker or '<root>'}, which holds float tensors no mapper handles"
         else:
             resolved = _resolve(name, (layer_type,), mapper.layer_kind, scheme, registry, selection)
             reason = resolved.skip_reason

@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 from collections.abc import Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,7 +340,9 @@ class RebuildContext(ConversionContext):
                 f"{tuple(weight.shape)}, the file was quantized from shape {record.source_shape}; "
                 "build the skeleton with the configuration of the model that was quantized"
             )
-        empty = record.empty(self.device)
+        empty = dataclasses.replace(
+            record.empty(self.device), dequantizer=self.scheme.dequantize_weight
+        )
         self.quantized_weights.append((record.source_shape, empty))
         return empty
 

@@ -3,7 +3,8 @@ layer mappers and kernel backends. Nothing here knows a concrete number format."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
@@ -91,6 +92,14 @@ class QuantizedWeight:
     scale: torch.Tensor | None = None
     zero_point: torch.Tensor | None = None
     spec: WeightSpec | None = None
+    # the scheme's way back to float values; set by ConversionContext.quantize_weight
+    dequantizer: Callable[[QuantizedWeight], torch.Tensor] | None = field(default=None, repr=False)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float values this weight stands for (a new tensor)."""
+        if self.dequantizer is None:
+            raise ValueError(f"this {self.format} weight does not know its scheme's dequantizer")
+        return self.dequantizer(self)
 
     def tensors(self, name: str = "weight") -> dict[str, torch.Tensor]:
         """The state-dict entries for this weight, named after ``name``."""

@@ -14,10 +14,10 @@ from torch import nn
 from quantcore import ConversionContext
 from quantcore_layers.common import (
     QuantizedContainer,
-    forward_overridden,
     module_bias,
     module_tensor,
     quantized_linear,
+    refuse_overridden_forward,
 )
 from quantcore_layers.modules import QuantizedLinear, QuantizedModule
 
@@ -193,7 +193,7 @@ def is_multihead_attention(module: nn.Module) -> bool:
 
 def convert_multihead_attention(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, nn.MultiheadAttention)
-    forward_overridden(module, nn.MultiheadAttention, ctx)
+    refuse_overridden_forward(module, nn.MultiheadAttention)
     e = module.embed_dim
     if module._qkv_same_embed_dim:
         packed = module_tensor(module, "in_proj_weight", ctx)

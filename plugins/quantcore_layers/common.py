@@ -69,10 +69,14 @@ def quantized_linear(
     )
 
 
-def forward_overridden(module: nn.Module, base: type[nn.Module], ctx: ConversionContext) -> None:
+def refuse_overridden_forward(module: nn.Module, base: type[nn.Module]) -> None:
+    """Skip a subclass that overrides forward(): its own code decides how the weight is used
+    (scaled or offset embeddings, weight standardization, ...), and a quantized replacement would
+    silently drop that. Linear subclasses are the exception (their mapper converts them)."""
     if type(module).forward is not base.forward:
-        ctx.note(
-            f"{type(module).__name__} overrides forward; replaced by a quantized {base.__name__}"
+        raise quantcore.LayerSkipped(
+            f"{type(module).__name__} overrides {base.__name__}.forward(); its own code decides how "
+            "the weight is used, so it stays float"
         )
 
 

@@ -16,7 +16,12 @@ from quantcore import (
     KernelRequest,
     QuantizedWeight,
 )
-from quantcore_layers.common import forward_overridden, kernel_request, module_bias, module_tensor
+from quantcore_layers.common import (
+    kernel_request,
+    module_bias,
+    module_tensor,
+    refuse_overridden_forward,
+)
 from quantcore_layers.modules import QuantizedModule, register_weight
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -82,7 +87,7 @@ def is_conv(module: nn.Module) -> bool:
 
 def convert_conv(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, _CONVS)
-    forward_overridden(module, next(c for c in _CONVS if isinstance(module, c)), ctx)
+    refuse_overridden_forward(module, next(c for c in _CONVS if isinstance(module, c)))
     weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
     return QuantizedConv(
         module,

@@ -16,9 +16,9 @@ from torch import nn
 from quantcore import ConversionContext, KernelBackend, KernelRequest, QuantizedWeight
 from quantcore_layers.common import (
     DtypeTrackingModule,
-    forward_overridden,
     kernel_request,
     module_tensor,
+    refuse_overridden_forward,
 )
 from quantcore_layers.modules import QuantizedModule, register_weight
 
@@ -119,7 +119,7 @@ def is_embedding_bag(module: nn.Module) -> bool:
 
 def convert_embedding(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, nn.Embedding)
-    forward_overridden(module, nn.Embedding, ctx)
+    refuse_overridden_forward(module, nn.Embedding)
     if module.max_norm is not None:
         ctx.note("max_norm: dequantized rows are renormalized at each lookup (table not modified)")
     weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))
@@ -128,7 +128,7 @@ def convert_embedding(module: nn.Module, ctx: ConversionContext) -> nn.Module:
 
 def convert_embedding_bag(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     assert isinstance(module, nn.EmbeddingBag)
-    forward_overridden(module, nn.EmbeddingBag, ctx)
+    refuse_overridden_forward(module, nn.EmbeddingBag)
     if module.max_norm is not None:
         ctx.note("max_norm: dequantized rows are renormalized at each lookup (table not modified)")
     weight = ctx.quantize_weight(module_tensor(module, "weight", ctx))

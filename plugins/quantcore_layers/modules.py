@@ -12,6 +12,8 @@ from torch import nn
 import quantcore
 from quantcore import ActivationSpec, KernelBackend, KernelRequest, QuantizedWeight, WeightSpec
 
+Dequantizer = Callable[[QuantizedWeight], torch.Tensor]
+
 
 def select_kernel(
     backends: tuple[KernelBackend, ...], request: KernelRequest
@@ -38,10 +40,39 @@ class QuantizedModule(nn.Module):
         self._backends = backends
         self._kernel: Callable[..., torch.Tensor] | None = None
         self.kernel_name = ""
+        # buffer name -> (format, spec, dequantizer): reading ``module.<name>`` gives float values
+        self._float_views: dict[str, tuple[str, WeightSpec | None, Dequantizer]] = {}
         self.register_load_state_dict_post_hook(_reprepare_after_load)  # type: ignore[no-untyped-call]
 
     def _kernel_request(self) -> KernelRequest:
         raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        # Code outside quantcore often reads a layer's weight directly (a parent module using
+        # ``child.weight``, a tied head, a dtype check). It gets the dequantized float values;
+        # the quantized tensors stay in the buffers and the state dict under the same name.
+        views = self.__dict__.get("_float_views")
+        if views and name in views:
+            data = self.__dict__["_buffers"].get(name)
+            if data is not None:
+                return self.dequantized(name)
+        return super().__getattr__(name)
+
+    def dequantized(self, name: str = "weight") -> torch.Tensor:
+        """The float value of quantized weight ``name`` (a new tensor each call)."""
+        weight_format, spec, dequantizer = self._float_views[name]
+        buffers = self._buffers
+        data = buffers[name]
+        assert data is not None
+        quantized = QuantizedWeight(
+            weight_format,
+            data,
+            scale=buffers.get(f"{name}_scale"),
+            zero_point=buffers.get(f"{name}_zero_point"),
+            spec=spec,
+        )
+        dtype = self.__dict__.get("output_dtype", torch.float32)
+        return dequantizer(quantized).to(dtype)
 
     def _prepare_kernel(self) -> None:
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())
@@ -72,6 +103,8 @@ def _reprepare_after_load(module: nn.Module, _keys: Any) -> None:
 def register_weight(module: nn.Module, weight: QuantizedWeight, name: str = "weight") -> None:
     for key, tensor in weight.tensors(name).items():
         module.register_buffer(key, tensor)
+    if isinstance(module, QuantizedModule) and weight.dequantizer is not None:
+        module._float_views[name] = (weight.format, weight.spec, weight.dequantizer)
 
 
 class QuantizedLinear(QuantizedModule):

@@ -18,10 +18,10 @@ import quantcore
 from quantcore import ConversionContext
 from quantcore_layers.common import (
     QuantizedContainer,
-    forward_overridden,
     module_bias,
     module_tensor,
     quantized_linear,
+    refuse_overridden_forward,
 )
 from quantcore_layers.modules import QuantizedLinear, QuantizedModule
 
@@ -242,7 +242,7 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     base = (
         nn.LSTM if isinstance(module, nn.LSTM) else nn.GRU if isinstance(module, nn.GRU) else nn.RNN
     )
-    forward_overridden(module, base, ctx)
+    refuse_overridden_forward(module, base)
     linears: dict[str, QuantizedLinear] = {}
     for layer in range(module.num_layers):
         for direction in range(2 if module.bidirectional else 1):
@@ -266,7 +266,7 @@ def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
             f"{type(module).__name__} is not an LSTMCell, GRUCell or RNNCell"
         )
     base = next(c for c in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) if isinstance(module, c))
-    forward_overridden(module, base, ctx)
+    refuse_overridden_forward(module, base)
     ih, hh = (
         quantized_linear(
             ctx,

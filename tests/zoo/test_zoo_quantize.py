@@ -1,0 +1,133 @@
+"""The model zoo under INT8 and FP16: every entry quantizes, runs, stays within the documented
+bound (docs/schemes.md), leaves the caller's model unchanged, and reports exactly the layers the
+test expects as skipped (no silent skips). Marked slow: `make test-slow` / CI run it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import quantcore
+from tests.conftest import fingerprint
+from tests.zoo import ZooEntry, all_zoo
+
+pytestmark = pytest.mark.slow
+
+# Documented in docs/schemes.md ("Accuracy bounds used by the tests").
+BOUND = {"int8": 0.05, "fp16": 0.005}
+
+# zoo layer kind -> quantcore layer kind
+KIND = {
+    "linear": "linear",
+    "hf_conv1d": "linear",
+    "multihead_attention": "attention",
+    "lstm": "recurrent",
+    "gru": "recurrent",
+    "rnn": "recurrent",
+    "lstm_cell": "recurrent",
+    "gru_cell": "recurrent",
+    "rnn_cell": "recurrent",
+    "embedding": "embedding",
+    "embedding_bag": "embedding_bag",
+    "conv1d": "conv",
+    "conv2d": "conv",
+    "conv3d": "conv",
+}
+
+_EMBEDDING_SUBCLASSES = "overrides Embedding.forward()"
+_NO_MAPPER = "no mapper for"
+
+# entry -> {layer name: part of the expected reason}. Everything else must be quantized or kept.
+EXPECTED_SKIPPED: dict[str, dict[str, str]] = {
+    "mlp_layernorm_custom": {"custom": _NO_MAPPER},
+    "hf_opt": {"model.decoder.embed_positions": _EMBEDDING_SUBCLASSES},
+    "hf_gemma": {"model.embed_tokens": _EMBEDDING_SUBCLASSES},
+    **{
+        name: {
+            f"model.{part}": _EMBEDDING_SUBCLASSES
+            for part in (
+                "shared",
+                "encoder.embed_tokens",
+                "encoder.embed_positions",
+                "decoder.embed_tokens",
+                "decoder.embed_positions",
+            )
+        }
+        for name in ("hf_bart", "hf_mbart")
+    },
+    **{
+        name: {
+            "model.encoder.embed_positions": _EMBEDDING_SUBCLASSES,
+            "model.decoder.embed_positions": _EMBEDDING_SUBCLASSES,
+        }
+        for name in ("hf_marian", "hf_pegasus")
+    },
+    "hf_whisper": {"model.decoder.embed_positions": _EMBEDDING_SUBCLASSES},
+    # models whose own parameters (cls tokens, position tables, mask embeddings, layer scales)
+    # no mapper handles; their child layers are still quantized
+    "hf_vit": {"vit.embeddings": _NO_MAPPER},
+    "hf_deit": {"deit.embeddings": _NO_MAPPER},
+    "hf_swin": {
+        f"swin.encoder.layers.{i}.blocks.0.attention.relative_position_bias": _NO_MAPPER
+        for i in (0, 1)
+    },
+    "hf_convnext": {f"convnext.encoder.stages.{i}.layers.0": _NO_MAPPER for i in (0, 1)},
+    "hf_wav2vec2": {"": _NO_MAPPER},
+    "hf_hubert": {"": _NO_MAPPER},
+}
+
+# Kinds the zoo declares but the test expects to stay float in that entry (all of them skipped).
+EXPECTED_FLOAT_KINDS = {
+    "hf_gemma": {"embedding"},
+    "hf_bart": {"embedding"},
+    "hf_mbart": {"embedding"},
+}
+
+
+def _compare(entry: ZooEntry, output: torch.Tensor, reference: torch.Tensor) -> float:
+    if entry.name == "transformer_encoder_post_norm":
+        # torch's float fast path returns 0 at padded positions, its slow path (which quantized
+        # attention takes, like any model in training mode) computes them: compare real tokens.
+        mask = reference.abs().sum(-1, keepdim=True) != 0
+        output, reference = output * mask, reference * mask
+    if float(reference.norm()) == 0.0:
+        return float(output.abs().max())  # a model whose output is exactly zero
+    return float((output - reference).norm() / reference.norm())
+
+
+@pytest.fixture(scope="module")
+def manager() -> quantcore.QuantcorePluginManager:
+    return quantcore.create_plugin_manager()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+@pytest.mark.parametrize("entry", all_zoo(), ids=lambda e: e.name)
+def test_zoo_entry(entry: ZooEntry, dtype: str, manager: quantcore.QuantcorePluginManager) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the zoo's models are tiny; threads only add noise on a busy box
+    try:
+        model = entry.build()
+        inputs = entry.make_inputs()
+        reference = entry.run(model, inputs)
+        before = fingerprint(model)
+        result = quantcore.quantize(model, dtype, plugin_manager=manager)
+        assert fingerprint(model) == before, "the caller's model changed"
+        assert result.module is not None
+        output = entry.run(result.module, inputs)
+    finally:
+        torch.set_num_threads(threads)
+
+    assert output.shape == reference.shape and torch.isfinite(output).all()
+    error = _compare(entry, output, reference)
+    assert error < BOUND[dtype], f"{entry.name} {dtype}: relative error {error:.4f}"
+
+    skipped = {layer.name: layer.reason or "" for layer in result.report.skipped}
+    expected = EXPECTED_SKIPPED.get(entry.name, {})
+    assert set(skipped) == set(expected), f"unexpected skips: {skipped}"
+    for name, reason in expected.items():
+        assert reason in skipped[name], (name, skipped[name])
+
+    quantized_kinds = {layer.layer_kind for layer in result.report.quantized}
+    wanted = {KIND[k] for k in entry.layer_kinds} - EXPECTED_FLOAT_KINDS.get(entry.name, set())
+    assert wanted <= quantized_kinds, f"kinds not quantized: {wanted - quantized_kinds}"
+    assert result.report.size_after < result.report.size_before
