@@ -8,6 +8,7 @@ are cloned, and quantized layers are built fresh from the original weights one a
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from quantcore.config import Override, apply_overrides, decide_layer, first_match
 from quantcore.context import ConversionContext, SharedState
@@ -298,6 +300,16 @@ def quantize_module(
     return quantized, sorted(reports.values(), key=lambda r: order.get(r.name, 0))
 
 
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object sharing ``module``'s attributes (its tensor dicts are replaced next)."""
+    if parametrize.is_parametrized(module):
+        # parametrized modules refuse copy.copy (it pickles); their class is safe to reuse
+        new = type(module).__new__(type(module))
+        new.__dict__.update(module.__dict__)
+        return new
+    return copy.copy(module)  # honours __copy__ (GraphModule builds its own class per instance)
+
+
 def _copy_tree(
     root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState
 ) -> nn.Module:
@@ -326,9 +338,7 @@ def _copy_tree(
             for attr in ("_forward_hooks", "_forward_pre_hooks"):
                 getattr(new, attr).update(getattr(module, attr))
         else:
-            # A shallow copy that bypasses __getstate__: parametrized modules refuse pickling.
-            new = type(module).__new__(type(module))
-            new.__dict__.update(module.__dict__)
+            new = _shallow_copy(module)
             new._parameters = OrderedDict(
                 (k, None if p is None else cast(nn.Parameter, clone_tensor(p)))
                 for k, p in module._parameters.items()

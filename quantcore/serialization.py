@@ -13,12 +13,12 @@ from the file. No float weight is read, so the skeleton may live on the meta dev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import pickle
 from collections.abc import Iterable, Mapping
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -126,11 +126,11 @@ def kernel_request(
     data = buffers[name]
     assert data is not None
     weight = quantcore.QuantizedWeight(
-        module.weight_format,  # type: ignore[arg-type]
+        module.weight_format,
         data,
         scale=buffers.get(f"{name}_scale"),
         zero_point=buffers.get(f"{name}_zero_point"),
-        spec=module.weight_spec,  # type: ignore[arg-type]
+        spec=module.weight_spec,
     )
     bias = getattr(module, "bias", None)
     activation = getattr(module, "activation", None)

@@ -29,7 +29,7 @@ def test_weight_shared_by_two_layers_of_one_kind(scheme: str, plugin_manager) ->
     b.weight = a.weight
     result = quantcore.quantize(nn.Sequential(a, b), scheme, plugin_manager=plugin_manager)
     assert result.module is not None
-    assert result.module[0].weight is result.module[1].weight
+    assert result.module[0]._buffers["weight"] is result.module[1]._buffers["weight"]
     assert any("stays shared" in note for note in result.report.layers[1].notes)
 
 
@@ -105,3 +105,29 @@ def test_low_precision_submodules_keep_their_dtype(
     assert result.module is not None
     with torch.no_grad():
         assert relative_error(result.module(tokens), model(tokens)) < 0.1
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_reading_weight_gives_dequantized_float_values(dtype: str) -> None:
+    """Code that reads ``layer.weight`` directly (a parent, a tied head) gets float values."""
+
+    class ReadsChildWeight(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(10, 6)
+            self.proj = nn.Linear(6, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x @ self.table.weight.T @ self.table.weight)
+
+    torch.manual_seed(0)
+    model = ReadsChildWeight()
+    result = quantcore.quantize(model, dtype)
+    assert result.module is not None
+    table = result.module.table
+    assert table._buffers["weight"].dtype == (torch.int8 if dtype == "int8" else torch.float16)
+    assert table.weight.dtype == torch.float32
+    assert torch.allclose(table.weight, model.table.weight, atol=0.05)
+    assert result.state_dict["table.weight"].dtype == table._buffers["weight"].dtype
+    x = torch.randn(3, 6)
+    assert torch.allclose(result.module(x), model(x), rtol=0.05, atol=0.05)
