@@ -10,7 +10,7 @@ import math
 import hypothesis.strategies as st
 import pytest
 import torch
-from conftest import Tally, slow_settings
+from reliability.helpers import Tally, slow_settings
 from hypothesis import given
 from quantcore_fp16 import dequantize_weight as fp16_dequantize
 from quantcore_fp16 import quantize_weight as fp16_quantize

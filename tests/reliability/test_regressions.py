@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from quantcore_int8.quantization import (
     dequantize_weight,
@@ -57,3 +59,135 @@ def test_float64_weight_beyond_float32_range_is_skipped_with_a_reason() -> None:
         model.weight.copy_(weight)
     report = quantcore.quantize(model).report
     assert report.skipped[0].reason and "float32 range" in report.skipped[0].reason
+
+
+# -- found by the input fuzzers (test_fuzz_inputs.py) and the security tests ---------------------
+
+
+def test_path_too_long_or_with_nul_is_a_quantcore_error() -> None:
+    """Path.exists() raised OSError (name too long) or ValueError (NUL byte) out of the file
+    adapter's accepts()."""
+    import pytest
+
+    for text in ("x" * 5000, "x" * 5000 + ".pt", "a\x00b.pt"):
+        with pytest.raises(quantcore.QuantcoreError):
+            quantcore.quantize(text)
+
+
+def test_an_adapter_that_raises_is_reported_not_propagated() -> None:
+    import pytest
+
+    class Clumsy:
+        @quantcore.hookimpl
+        def quantcore_input_adapters(self):  # type: ignore[no-untyped-def]
+            yield quantcore.InputAdapter(
+                "looks", accepts=lambda o: 1 / 0 > 0, adapt=lambda o: None, priority=10**6  # type: ignore[arg-type,return-value]
+            )
+            yield quantcore.InputAdapter(
+                "grabs", accepts=lambda o: isinstance(o, int), adapt=lambda o: [][1], priority=10**5  # type: ignore[arg-type,return-value]
+            )
+
+    manager = quantcore.create_plugin_manager()
+    manager.register_plugin(Clumsy(), "clumsy", distribution="clumsy-dist")
+    with pytest.raises(quantcore.UnsupportedInputError) as info:
+        quantcore.quantize(3, plugin_manager=manager)
+    message = str(info.value)
+    assert "ZeroDivisionError" in message and "'grabs'" in message and "IndexError" in message
+    assert "clumsy-dist" in message
+    assert len(quantcore.quantize(torch.nn.Linear(2, 2), plugin_manager=manager).report.quantized) == 1
+
+
+def test_shard_name_with_nul_byte_is_refused(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    torch.save({"fc.weight": torch.ones(2, 2)}, tmp_path / "a.pt")
+    index = tmp_path / "model.index.json"
+    index.write_text(json.dumps({"weight_map": {"fc.weight": "a\x00.pt"}}))
+    with pytest.raises(quantcore.CheckpointError, match="not a usable file name"):
+        quantcore.quantize(index)
+
+
+def test_writing_to_an_unusable_path_is_a_serialization_error(tmp_path: Path) -> None:
+    import pytest
+
+    result = quantcore.quantize(torch.nn.Linear(2, 2))
+    (tmp_path / "file.pt").write_bytes(b"")
+    for target in (tmp_path, tmp_path / "file.pt" / "under.pt", ""):
+        with pytest.raises(quantcore.SerializationError):
+            quantcore.save(result, target)
+
+
+def _saved(tmp_path: Path) -> tuple[Path, dict]:  # type: ignore[type-arg]
+    path = tmp_path / "q.pt"
+    quantcore.save(quantcore.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4))), path)
+    return path, torch.load(path, weights_only=True)
+
+
+def test_file_with_a_wrong_dtype_or_non_finite_scale_is_refused(tmp_path: Path) -> None:
+    """load() used to assign a float tensor where int8 values belong (and NaN scales), so the
+    model ran with garbage weights."""
+    import pytest
+
+    path, blob = _saved(tmp_path)
+    blob["state_dict"]["0.weight"] = blob["state_dict"]["0.weight"].float()
+    torch.save(blob, path)
+    with pytest.raises(quantcore.SerializationError, match="metadata records torch.int8"):
+        quantcore.load(path, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    path, blob = _saved(tmp_path)
+    blob["state_dict"]["0.weight_scale"][1] = float("nan")
+    torch.save(blob, path)
+    with pytest.raises(quantcore.SerializationError, match="NaN or Inf"):
+        quantcore.load(path, torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_manifest_dtype_names_import_nothing(tmp_path: Path) -> None:
+    """Manifest dtypes were looked up with getattr(torch, name): '_dynamo' imported torch._dynamo."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    path, blob = _saved(tmp_path)
+    meta = json.loads(blob["metadata"]["quantcore"])
+    meta["layers"][0]["weights"][0]["tensors"]["data"]["dtype"] = "_dynamo"
+    blob["metadata"]["quantcore"] = json.dumps(meta)
+    torch.save(blob, path)
+    with pytest.raises(quantcore.SerializationError, match="unknown dtype '_dynamo'"):
+        quantcore.read_quantized(path)
+    code = (
+        "import sys, quantcore\n"
+        f"try: quantcore.read_quantized({str(path)!r})\n"
+        "except quantcore.SerializationError: pass\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_deterministic_flag_and_default_device_are_restored() -> None:
+    """preserved_global_state() restored threads, dtype, grad mode and RNG, not these two."""
+    import pytest
+
+    class Meddler:
+        @quantcore.hookimpl
+        def quantcore_layer_mappers(self):  # type: ignore[no-untyped-def]
+            def convert(module, ctx):  # type: ignore[no-untyped-def]
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.set_default_device("meta")
+                raise RuntimeError("simulated")
+
+            yield quantcore.LayerMapper(
+                "meddler", "linear", matches=lambda m: True, convert=convert, priority=10**6
+            )
+
+    manager = quantcore.create_plugin_manager()
+    manager.register_plugin(Meddler(), "meddler")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(quantcore.LayerQuantizationError):
+        quantcore.quantize(torch.nn.Linear(2, 2), plugin_manager=manager)
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert torch.get_default_device() == torch.device("cpu")
+    assert torch.empty(1).device.type == "cpu"
