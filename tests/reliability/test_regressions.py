@@ -191,3 +191,13 @@ def test_deterministic_flag_and_default_device_are_restored() -> None:
     assert torch.are_deterministic_algorithms_enabled() == deterministic
     assert torch.get_default_device() == torch.device("cpu")
     assert torch.empty(1).device.type == "cpu"
+
+
+def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Found by test_cli_subprocess: tomllib raised UnicodeDecodeError out of quantize()."""
+    import pytest
+
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'dtype = "int8"\n\x80\xff')
+    with pytest.raises(quantcore.ConfigFileError, match="not UTF-8"):
+        quantcore.quantize(torch.nn.Linear(2, 2), config=path)
