@@ -83,11 +83,11 @@ def adapt_input(obj: object, registry: Registry) -> AdaptedInput:
     for adapter in registry.input_adapters:
         tried.append(adapter.name)
         try:
-            accepted = bool(adapter.accepts(obj))
+            takes = bool(adapter.accepts(obj))
         except Exception as exc:  # an adapter that cannot even look at the object declines it
             reasons[adapter.name] = f"accepts() raised {type(exc).__name__}: {exc}"
             continue
-        if accepted:
+        if takes:
             try:
                 return adapter.adapt(obj)
             except QuantcoreError:

@@ -27,7 +27,7 @@ import quantcore
 from reliability.helpers import Tally, TorchState, meddle_with_torch_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import fingerprint  # noqa: E402
+from conftest import fingerprint
 
 
 class InjectedFault(RuntimeError):

@@ -10,7 +10,6 @@ import math
 import hypothesis.strategies as st
 import pytest
 import torch
-from reliability.helpers import Tally, slow_settings
 from hypothesis import given
 from quantcore_fp16 import dequantize_weight as fp16_dequantize
 from quantcore_fp16 import quantize_weight as fp16_quantize
@@ -23,6 +22,7 @@ from quantcore_int8.quantization import (
 
 import quantcore
 from quantcore import ActivationSpec, Granularity, WeightSpec
+from reliability.helpers import Tally, slow_settings
 
 F32 = torch.finfo(torch.float32)
 F16 = torch.finfo(torch.float16)
@@ -193,7 +193,7 @@ def test_activation_round_trip_within_half_a_step(
 
 
 @pytest.mark.slow
-@slow_settings(1500)
+@slow_settings(600)
 @given(
     weight=weights(),
     symmetric=st.booleans(),

@@ -76,7 +76,9 @@ def test_hook_that_raises_is_an_error_in_strict_mode(tally: Tally) -> None:
     manager.register_plugin(
         plugin("quantcore_observers", lambda: 1 / 0), "exploder", distribution="exploder-dist"
     )
-    with pytest.raises(quantcore.PluginLoadError, match="'exploder'.*'exploder-dist'.*ZeroDivision"):
+    with pytest.raises(
+        quantcore.PluginLoadError, match=r"'exploder'.*'exploder-dist'.*ZeroDivision"
+    ):
         manager.registry()
 
 

@@ -26,7 +26,9 @@ def test_float32_max_weight_dequantizes_finite() -> None:
     float32's limit and the weight dequantized to inf."""
     weight = torch.tensor([[F32_MAX, -F32_MAX / 3]])
     for symmetric in (True, False):
-        restored = dequantize_weight(quantize_weight(weight, WeightSpec(symmetric=symmetric), _minmax()))
+        restored = dequantize_weight(
+            quantize_weight(weight, WeightSpec(symmetric=symmetric), _minmax())
+        )
         assert bool(torch.isfinite(restored).all())
         assert float(restored[0, 0]) > F32_MAX * 0.99
 
@@ -38,7 +40,9 @@ def test_asymmetric_range_wider_than_float32_gets_a_finite_scale() -> None:
     qw = quantize_weight(weight, WeightSpec(symmetric=False), _minmax())
     assert qw.scale is not None and bool(torch.isfinite(qw.scale).all())
     restored = dequantize_weight(qw)
-    assert bool(((restored - weight).abs() <= qw.scale * 0.5 * (1 + 1e-5) + weight.abs() * 2e-7).all())
+    assert bool(
+        ((restored - weight).abs() <= qw.scale * 0.5 * (1 + 1e-5) + weight.abs() * 2e-7).all()
+    )
 
     x = torch.tensor([[-3.0e38, 3.0e38, 1.0]])
     restored_x = fake_quantize_activation(x, ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
@@ -81,10 +85,16 @@ def test_an_adapter_that_raises_is_reported_not_propagated() -> None:
         @quantcore.hookimpl
         def quantcore_input_adapters(self):  # type: ignore[no-untyped-def]
             yield quantcore.InputAdapter(
-                "looks", accepts=lambda o: 1 / 0 > 0, adapt=lambda o: None, priority=10**6  # type: ignore[arg-type,return-value]
+                "looks",
+                accepts=lambda o: 1 / 0 > 0,
+                adapt=lambda o: None,
+                priority=10**6,  # type: ignore[arg-type,return-value]
             )
             yield quantcore.InputAdapter(
-                "grabs", accepts=lambda o: isinstance(o, int), adapt=lambda o: [][1], priority=10**5  # type: ignore[arg-type,return-value]
+                "grabs",
+                accepts=lambda o: isinstance(o, int),
+                adapt=lambda o: [][1],
+                priority=10**5,  # type: ignore[arg-type,return-value]
             )
 
     manager = quantcore.create_plugin_manager()
@@ -94,7 +104,9 @@ def test_an_adapter_that_raises_is_reported_not_propagated() -> None:
     message = str(info.value)
     assert "ZeroDivisionError" in message and "'grabs'" in message and "IndexError" in message
     assert "clumsy-dist" in message
-    assert len(quantcore.quantize(torch.nn.Linear(2, 2), plugin_manager=manager).report.quantized) == 1
+    assert (
+        len(quantcore.quantize(torch.nn.Linear(2, 2), plugin_manager=manager).report.quantized) == 1
+    )
 
 
 def test_shard_name_with_nul_byte_is_refused(tmp_path: Path) -> None:
@@ -133,7 +145,7 @@ def test_file_with_a_wrong_dtype_or_non_finite_scale_is_refused(tmp_path: Path) 
     path, blob = _saved(tmp_path)
     blob["state_dict"]["0.weight"] = blob["state_dict"]["0.weight"].float()
     torch.save(blob, path)
-    with pytest.raises(quantcore.SerializationError, match="metadata records torch.int8"):
+    with pytest.raises(quantcore.SerializationError, match=r"metadata records torch\.int8"):
         quantcore.load(path, torch.nn.Sequential(torch.nn.Linear(4, 4)))
     path, blob = _saved(tmp_path)
     blob["state_dict"]["0.weight_scale"][1] = float("nan")
