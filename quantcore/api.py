@@ -22,6 +22,7 @@ from quantcore.config import (
 from quantcore.errors import (
     ConfigValueError,
     NothingToQuantizeError,
+    QuantcoreError,
     UnknownSchemeError,
     UnsupportedInputError,
 )
@@ -81,8 +82,24 @@ def adapt_input(obj: object, registry: Registry) -> AdaptedInput:
     reasons: dict[str, str] = {}
     for adapter in registry.input_adapters:
         tried.append(adapter.name)
-        if adapter.accepts(obj):
-            return adapter.adapt(obj)
+        try:
+            takes = bool(adapter.accepts(obj))
+        except Exception as exc:  # an adapter that cannot even look at the object declines it
+            reasons[adapter.name] = f"accepts() raised {type(exc).__name__}: {exc}"
+            continue
+        if takes:
+            try:
+                return adapter.adapt(obj)
+            except QuantcoreError:
+                raise
+            except Exception as exc:
+                raise UnsupportedInputError(
+                    _describe(obj),
+                    tried,
+                    f"Input adapter {adapter.name!r} ({registry.provider('input adapter', adapter.name)}) "
+                    f"accepted it but failed: {type(exc).__name__}: {exc}",
+                    reasons,
+                ) from exc
         if adapter.explain is not None:
             try:
                 reason = adapter.explain(obj)
@@ -463,10 +480,14 @@ def _check_selectors_used(
 @contextmanager
 def preserved_global_state() -> Iterator[None]:
     """Leave torch's global settings as they were, whatever a plugin does or however it fails:
-    thread count, default dtype, grad mode and the CPU random generator."""
+    thread count, default dtype and device, grad mode, the deterministic-algorithms flag and the
+    CPU random generator."""
     threads = torch.get_num_threads()
     default_dtype = torch.get_default_dtype()
+    default_device = torch.get_default_device()
     grad = torch.is_grad_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     rng = torch.random.get_rng_state()
     try:
         yield
@@ -475,7 +496,15 @@ def preserved_global_state() -> Iterator[None]:
             torch.set_num_threads(threads)
         if torch.get_default_dtype() != default_dtype:
             torch.set_default_dtype(default_dtype)
+        if torch.get_default_device() != default_device:
+            # None removes the device context a plugin installed: back to torch's own default
+            torch.set_default_device(None if default_device.type == "cpu" else default_device)
         torch.set_grad_enabled(grad)
+        if (
+            torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled() != warn_only
+        ):
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.random.set_rng_state(rng)
 
 

@@ -359,7 +359,9 @@ def _read_toml(path: Path, source: str) -> dict[str, Any]:
         raise ConfigFileError(source, None, "the file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(source, None, f"not valid TOML: {exc}") from None
-    except OSError as exc:
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib lets this one through
+        raise ConfigFileError(source, None, f"not valid TOML (not UTF-8 text: {exc})") from None
+    except (OSError, ValueError) as exc:  # unreadable, a folder, a NUL byte in the name
         raise ConfigFileError(source, None, f"cannot be read: {exc}") from None
 
 

@@ -127,9 +127,16 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# Every dtype torch has, by name: a file's dtype name is looked up here, never with getattr(torch,
+# name), which could import torch submodules on a crafted name.
+_DTYPES: dict[str, torch.dtype] = {
+    _dtype_name(v): v for v in vars(torch).values() if isinstance(v, torch.dtype)
+}
+
+
 def _dtype(name: str) -> torch.dtype:
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
+    value = _DTYPES.get(name) if isinstance(name, str) else None
+    if value is None:
         raise ValueError(f"unknown dtype {name!r}")
     return value
 

@@ -149,19 +149,32 @@ def shard_paths(index_path: PathLike, filenames: Iterable[str]) -> dict[str, Pat
     folder = index.parent.resolve()
     resolved: dict[str, Path] = {}
     for name in filenames:
-        candidate = (folder / name).resolve()
+        try:
+            candidate = (folder / name).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+            raise CheckpointError(
+                f"{index}: the index names shard {name[:200]!r}, which is not a usable file name "
+                f"({exc})"
+            ) from None
         if Path(name).is_absolute() or not candidate.is_relative_to(folder):
             raise UnsafeCheckpointError(
                 f"{index}: the index names shard {name!r}, which is outside the checkpoint's "
                 f"folder {folder}; refused. Shard names must be files next to the index."
             )
         resolved[name] = candidate
-    missing = [name for name, p in resolved.items() if not p.is_file()]
+    missing = [name for name, p in resolved.items() if not _is_file(p)]
     if missing:
         raise CheckpointError(
             f"{index}: shard file(s) listed in the index are missing: {', '.join(sorted(missing))}"
         )
     return resolved
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def read_index(path: PathLike) -> dict[str, Any]:
@@ -253,14 +266,26 @@ def _plain_state_dict(checkpoint: CheckpointFile) -> dict[str, torch.Tensor]:
 
 
 def _write(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == SAFETENSORS_SUFFIX:
-        st = _safetensors()
-        st.torch.save_file(_unshared(state_dict), str(path), metadata=metadata)
-    else:
-        torch.save(
-            {"format": FORMAT_NAME, "metadata": metadata, "state_dict": dict(state_dict)}, path
-        )
+    """Write one file; any failure to write is a SerializationError naming the path."""
+    if not path.name or path.is_dir():
+        raise SerializationError(f"{path}: is a folder; give a file name such as model.pt")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == SAFETENSORS_SUFFIX:
+            st = _safetensors()
+            st.torch.save_file(_unshared(state_dict), str(path), metadata=metadata)
+        else:
+            torch.save(
+                {"format": FORMAT_NAME, "metadata": metadata, "state_dict": dict(state_dict)},
+                path,
+            )
+    except QuantcoreError:
+        raise
+    except Exception as exc:  # OSError, or torch's RuntimeError for a file it cannot open
+        raise SerializationError(
+            f"{path}: cannot write the quantized model ({type(exc).__name__}: {_first_line(exc)}); "
+            "check that the folder exists or can be created and is writable"
+        ) from exc
 
 
 def _unshared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -377,6 +402,7 @@ def load(
     modules = dict(skeleton.named_modules())
     shared = SharedState()
     replacements: dict[int, nn.Module] = {}
+    quantized_ids: set[int] = set()  # the tensors of quantized weights, as the file records them
     device = torch.device("cpu")
     for record in qfile.manifest.layers:
         module = modules.get(record.name)
@@ -424,6 +450,10 @@ def load(
             ) from exc
         ctx.check_complete()
         replacements[id(module)] = replacement
+        for _, weight in ctx.quantized_weights:
+            quantized_ids.update(
+                id(t) for t in (weight.data, weight.scale, weight.zero_point) if t is not None
+            )
     # Tensors the file holds are replaced below, so the copy gets meta placeholders for them;
     # any other tensor (a non-persistent buffer) is copied from the skeleton.
     for name, t in skeleton.state_dict(keep_vars=True).items():
@@ -433,6 +463,7 @@ def load(
                 placeholder = nn.Parameter(placeholder, requires_grad=t.requires_grad)
             shared.clones[id(t)] = placeholder
     model = _copy_tree(skeleton, replacements, shared)
+    _check_quantized_tensors(qfile, model, quantized_ids)
     try:
         model.load_state_dict(qfile.state_dict, strict=True, assign=True)
     except RuntimeError as exc:
@@ -451,6 +482,27 @@ def load(
     model.eval()
     attach_manifest(model, qfile.manifest)
     return model
+
+
+def _check_quantized_tensors(qfile: QuantizedFile, model: nn.Module, ids: set[int]) -> None:
+    """A quantized weight in the file must have the dtype and shape its manifest records, and hold
+    finite values (schemes never write NaN or Inf): a damaged or edited file is refused here
+    instead of running with garbage weights."""
+    for key, expected in model.state_dict(keep_vars=True).items():
+        if id(expected) not in ids or key not in qfile.state_dict:
+            continue
+        found = qfile.state_dict[key]
+        if found.dtype != expected.dtype or found.shape != expected.shape:
+            raise SerializationError(
+                f"{qfile.path}: tensor {key!r} is {found.dtype} {tuple(found.shape)}, but the "
+                f"file's metadata records {expected.dtype} {tuple(expected.shape)}; the file is "
+                "damaged or was edited. Quantize the model again."
+            )
+        if found.is_floating_point() and not bool(torch.isfinite(found).all()):
+            raise SerializationError(
+                f"{qfile.path}: tensor {key!r} holds NaN or Inf, which quantcore never writes; the "
+                "file is damaged. Quantize the model again."
+            )
 
 
 # -- quantizing straight to a file (streams sharded checkpoints) ---------------------------------

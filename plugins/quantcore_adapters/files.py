@@ -29,7 +29,15 @@ KNOWN_SUFFIXES = (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX, ".json")
 def is_path(obj: object) -> bool:
     if isinstance(obj, os.PathLike):
         return True
-    return isinstance(obj, str) and (obj.endswith(KNOWN_SUFFIXES) or Path(obj).exists())
+    return isinstance(obj, str) and (obj.endswith(KNOWN_SUFFIXES) or _exists(Path(obj)))
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists() that answers False for names no file system accepts (too long, NUL)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def explain_path(obj: object) -> str | None:
@@ -47,7 +55,11 @@ def _already_quantized(path: Path) -> quantcore.QuantcoreError:
 
 def _resolve(path: Path) -> Path:
     """A folder stands for the one checkpoint (or shard index) inside it."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        raise quantcore.CheckpointError(f"{str(path)[:200]!r}: not a usable path ({exc})") from None
+    if not exists:
         raise quantcore.CheckpointError(f"{path}: no such file or folder")
     if not path.is_dir():
         return path

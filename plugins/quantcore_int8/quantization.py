@@ -12,6 +12,7 @@ FORMAT = "int8"
 SYMMETRIC_RANGE = (-127, 127)  # restricted range: -128 has no positive twin, so signs stay exact
 ASYMMETRIC_RANGE = (-128, 127)
 _TINY = torch.finfo(torch.float32).tiny
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 def _broadcast(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
@@ -31,6 +32,10 @@ def quantize_weight(
         raise quantcore.LayerSkipped("the int8 scheme needs an observer for weights")
     if not bool(torch.isfinite(weight).all()):
         raise quantcore.LayerSkipped("weight contains NaN or Inf; int8 cannot represent it")
+    if weight.dtype == torch.float64 and float(weight.abs().max()) > _F32_MAX:
+        raise quantcore.LayerSkipped(
+            f"weight values exceed the float32 range of int8 scales (±{_F32_MAX:g})"
+        )
     qmin, qmax = SYMMETRIC_RANGE if spec.symmetric else ASYMMETRIC_RANGE
     axis = spec.axis % weight.dim() if weight.dim() else 0
     params = observer.compute(
@@ -58,7 +63,8 @@ def dequantize_weight(weight: QuantizedWeight) -> torch.Tensor:
     values = weight.data.to(torch.float32)
     if weight.zero_point is not None:
         values = values - _broadcast(weight.zero_point, values, axis)
-    return values * _broadcast(weight.scale, values, axis)
+    # a value within half a step of float32's limit may round up past it: saturate, don't overflow
+    return (values * _broadcast(weight.scale, values, axis)).clamp_(-_F32_MAX, _F32_MAX)
 
 
 def quantize_activation(
@@ -85,7 +91,8 @@ def quantize_activation(
     low = xf.amin(dim=dims, keepdim=True).clamp_max(0)
     high = xf.amax(dim=dims, keepdim=True).clamp_min(0)
     qmin, qmax = ASYMMETRIC_RANGE
-    scale = ((high - low) / (qmax - qmin)).clamp_min(_TINY)
+    steps = qmax - qmin  # high / n - low / n: the difference overflows near float32's limit
+    scale = (high / steps - low / steps).clamp_min(_TINY)
     zero_point = (qmin - torch.round(low / scale)).clamp_(qmin, qmax)
     q = (torch.round(xf / scale) + zero_point).clamp_(qmin, qmax).to(torch.int8)
     return q, scale, zero_point
@@ -97,4 +104,4 @@ def fake_quantize_activation(x: torch.Tensor, spec: ActivationSpec) -> torch.Ten
     values = q.to(torch.float32)
     if zero_point is not None:
         values = values - zero_point
-    return values * scale
+    return (values * scale).clamp_(-_F32_MAX, _F32_MAX)  # saturate, as dequantize_weight does

@@ -26,7 +26,8 @@ def params_from_range(
     """Scale/zero-point that map [low, high] (widened to include 0) onto [qmin, qmax].
 
     Degenerate ranges (all zeros, denormals) get the smallest normal scale, so they quantize to
-    exact zeros without dividing by zero; infinities must be rejected by the caller.
+    exact zeros without dividing by zero; ranges near float32's limit get a finite scale;
+    infinities must be rejected by the caller.
     """
     low = torch.minimum(low.float(), torch.zeros_like(low, dtype=torch.float32))
     high = torch.maximum(high.float(), torch.zeros_like(high, dtype=torch.float32))
@@ -35,7 +36,8 @@ def params_from_range(
         bound = torch.maximum(-low, high)
         scale = (bound / ((qmax - qmin) / 2)).clamp_min(tiny)
         return QuantParams(scale=scale, zero_point=None, qmin=qmin, qmax=qmax)
-    scale = ((high - low) / (qmax - qmin)).clamp_min(tiny)
+    # high / n - low / n, not (high - low) / n: the difference overflows near float32's limit
+    scale = (high / (qmax - qmin) - low / (qmax - qmin)).clamp_min(tiny)
     zero_point = (qmin - torch.round(low / scale)).clamp(qmin, qmax).to(torch.int32)
     return QuantParams(scale=scale, zero_point=zero_point, qmin=qmin, qmax=qmax)
 
