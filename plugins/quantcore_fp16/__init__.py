@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore_fp16 import kernels_cuda
 
 FORMAT = "fp16"
 _FP16_MAX = torch.finfo(torch.float16).max
@@ -68,4 +69,14 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         prepare=prepare_reference_linear,
         reference=True,
         description="upcast float16 weights to the input's dtype, then the float matmul",
+    )
+    yield quantcore.KernelBackend(
+        name="fp16-linear-cuda",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cuda.prepare_cuda_linear,
+        is_available=kernels_cuda.cuda_available,
+        supports=kernels_cuda.supports_cuda_linear,
+        priority=200,
+        description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
     )
