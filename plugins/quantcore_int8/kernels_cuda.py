@@ -78,10 +78,14 @@ def supports_cuda_linear(request: KernelRequest) -> bool:
     return _capable(request.device)
 
 
-def supports_int_mm(request: KernelRequest) -> bool:
+def _int_mm_shape(weight: torch.Tensor) -> bool:
     """What torch._int_mm accepts on CUDA besides the row count: K and N multiples of 8."""
-    n, k = request.weight.data.shape
-    return supports_cuda_linear(request) and n % 8 == 0 and k % 8 == 0
+    n, k = weight.shape
+    return n % 8 == 0 and k % 8 == 0
+
+
+def supports_int_mm(request: KernelRequest) -> bool:
+    return supports_cuda_linear(request) and _int_mm_shape(request.weight.data)
 
 
 def _operands(
@@ -98,12 +102,15 @@ def _operands(
 def _with_fallback(
     request: KernelRequest, fast: Callable[[torch.Tensor], torch.Tensor], out_features: int
 ) -> Linear:
-    """Run ``fast`` on the input flattened to 2-D; inputs it cannot serve (other dtypes, inputs
-    that need gradients, which these kernels do not propagate) go to the reference kernel."""
+    """Run ``fast`` on the input flattened to 2-D; other input dtypes go to the reference kernel.
+
+    The output carries no gradient: int8 layers are for inference (rounding has zero gradient,
+    so the reference path gives no useful one either), and sending inputs that merely require
+    grad to the slow path would make every forward outside ``torch.no_grad()`` slow."""
     reference = prepare_reference_linear(request)
 
     def linear(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in _FLOAT_DTYPES or (x.requires_grad and torch.is_grad_enabled()):
+        if x.dtype not in _FLOAT_DTYPES:
             return reference(x)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.stride(-1) != 1:
@@ -122,8 +129,9 @@ def prepare_triton_linear(request: KernelRequest, gemm: str = "triton") -> Linea
     if gemm not in ("triton", "int_mm"):
         raise ValueError(f"gemm must be 'triton' or 'int_mm', not {gemm!r}")
     weight, scale, bias = _operands(request)
+    large: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
     large = tk.int8_linear_quantized
-    if gemm == "int_mm" and supports_int_mm(request):
+    if gemm == "int_mm" and _int_mm_shape(weight):
         large = tk.int8_linear_int_mm
 
     def run(x2: torch.Tensor) -> torch.Tensor:
