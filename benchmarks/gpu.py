@@ -337,6 +337,8 @@ def main() -> int:
     parser.add_argument("--no-bert", action="store_true", help="skip the encoder timing")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on CPU (tests the script)")
     args = parser.parse_args()
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress shows even when piped to a file
     if args.smoke:
         global DEV, TOKENS, FEATURES, BERT_BATCH, BERT_SEQ
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
