@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore_fp16 import kernels_cuda
 from quantcore_fp16.kernels_conv import prepare_reference_conv
 from quantcore_fp16.kernels_embedding import (
     prepare_reference_embedding,
@@ -101,3 +102,13 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             reference=True,
             description=what,
         )
+    yield quantcore.KernelBackend(
+        name="fp16-linear-cuda",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cuda.prepare_cuda_linear,
+        is_available=kernels_cuda.cuda_available,
+        supports=kernels_cuda.supports_cuda_linear,
+        priority=200,
+        description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
+    )

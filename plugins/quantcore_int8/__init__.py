@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
+from quantcore_int8 import kernels_cuda
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
 from quantcore_int8.kernels_embedding import (
@@ -122,4 +123,27 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         supports=supports_conv,
         reference=True,
         description="dequantize weights, fake-quantize inputs, float convolution",
+    )
+    yield quantcore.KernelBackend(
+        name="int8-linear-cuda-triton",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cuda.prepare_triton_linear,
+        is_available=kernels_cuda.triton_available,
+        supports=kernels_cuda.supports_cuda_linear,
+        priority=200,
+        description=(
+            "CUDA: fused per-token quantization + Triton int8 GEMM with the rescale in its "
+            "epilogue; int8 weights dequantized in registers for up to 16 tokens"
+        ),
+    )
+    yield quantcore.KernelBackend(
+        name="int8-linear-cuda-eager",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cuda.prepare_eager_linear,
+        is_available=kernels_cuda.cuda_available,
+        supports=kernels_cuda.supports_int_mm,
+        priority=150,
+        description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
     )
