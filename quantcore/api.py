@@ -348,8 +348,20 @@ class QuantizationJob:
         manifest = Manifest(scheme.name, tuple(records), quantcore_version())
         if module is not None:
             attach_manifest(module, manifest)
-        report = QuantizationReport(
-            scheme=scheme.name,
+        report = self.report(adapted, layers, size_before, size_after)
+        if log:
+            _log_report(report)
+        return QuantizationResult(module, state_dict, report, manifest)
+
+    def report(
+        self,
+        adapted: AdaptedInput,
+        layers: Sequence[LayerReport],
+        size_before: int,
+        size_after: int,
+    ) -> QuantizationReport:
+        return QuantizationReport(
+            scheme=self.scheme.name,
             input_description=adapted.description,
             layers=tuple(layers),
             size_before=size_before,
@@ -360,9 +372,6 @@ class QuantizationJob:
             ),
             config=self.config,
         )
-        if log:
-            _log_report(report)
-        return QuantizationResult(module, state_dict, report, manifest)
 
     def check_result(
         self, layers: Sequence[LayerReport], type_names: Mapping[str, tuple[str, ...]]

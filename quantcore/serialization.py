@@ -594,17 +594,6 @@ def _quantize_job_to_file(
         "weight_map": weight_map,
     }
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
-    report = QuantizationReport(
-        scheme=job.scheme.name,
-        input_description=job.adapted.description,
-        layers=tuple(layers),
-        size_before=size_before,
-        size_after=size_after,
-        notes=job.adapted.notes,
-        plugins=tuple(
-            name for name, plugin in job.manager.list_name_plugin() if plugin is not None
-        ),
-        config=job.config,
-    )
+    report = job.report(job.adapted, layers, size_before, size_after)
     _log_report(report)
     return report, (index_path, *shard_files)
