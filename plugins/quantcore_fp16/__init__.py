@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore_fp16 import kernels_cpu
 
 FORMAT = "fp16"
 _FP16_MAX = torch.finfo(torch.float16).max
@@ -68,4 +69,17 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         prepare=prepare_reference_linear,
         reference=True,
         description="upcast float16 weights to the input's dtype, then the float matmul",
+    )
+    yield quantcore.KernelBackend(
+        name="fp16-linear-fbgemm+upcast",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cpu.prepare_fbgemm_fp16_linear,
+        is_available=kernels_cpu.fbgemm_fp16_available,
+        supports=kernels_cpu.supports_fbgemm_fp16,
+        priority=20,
+        description=(
+            f"CPU: fbgemm fp16-weight GEMM for float32 calls of up to "
+            f"{kernels_cpu.FBGEMM_FP16_MAX_TOKENS} tokens, widened weight + float GEMM otherwise"
+        ),
     )
