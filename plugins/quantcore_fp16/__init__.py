@@ -3,6 +3,7 @@ dtype so a CPU without fast fp16 math never runs slower than fp32."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,9 +28,11 @@ LAYER_SPECS = {
 def quantize_weight(
     weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
 ) -> QuantizedWeight:
-    if not bool(torch.isfinite(weight).all()):
+    # one pass without temporaries: NaN propagates through aminmax, so finite ends mean all finite
+    low, high = (float(v) for v in torch.aminmax(weight.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise quantcore.LayerSkipped("weight contains NaN or Inf")
-    if weight.numel() and float(weight.abs().max()) > _FP16_MAX:
+    if max(-low, high) > _FP16_MAX:
         raise quantcore.LayerSkipped(f"weight values exceed the float16 range (±{_FP16_MAX:g})")
     return QuantizedWeight(FORMAT, weight.to(torch.float16), spec=spec)
 
