@@ -365,7 +365,7 @@ def bench_decoder(args: argparse.Namespace, out: dict[str, Any]) -> None:
     print(f"decoder: building LLaMA-style {args.decoder_size} with random weights", flush=True)
     model = build_decoder(args.decoder_size)
     params = sum(p.numel() for p in model.parameters())
-    variants = build_variants(model, args.torchao)
+    variants = build_variants(model, args.torchao_decoder)
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (1, 128), generator=generator)
@@ -388,7 +388,7 @@ def bench_decoder(args: argparse.Namespace, out: dict[str, Any]) -> None:
     def decode(v: Variant) -> None:
         cache = caches[v.name]
         run_quiet(lambda: v.module(step, past_key_values=cache, use_cache=True))
-        cache.crop(128)
+        cache.crop(-1)  # back to the 128-token prompt
 
     print(f"decoder: timing decode steps, up to {args.rounds_small} rounds", flush=True)
     decode_t = time_round_robin(
@@ -396,7 +396,10 @@ def bench_decoder(args: argparse.Namespace, out: dict[str, Any]) -> None:
     )
     print(f"decoder: timing 128-token prefill, up to {args.rounds_big} rounds", flush=True)
     prefill_t = time_round_robin(
-        {v.name: (lambda v=v: run_quiet(lambda: v.module(prompt, use_cache=False))) for v in variants},
+        {
+            v.name: (lambda v=v: run_quiet(lambda: v.module(prompt, use_cache=False)))
+            for v in variants
+        },
         args.rounds_big,
         args.budget,
     )
@@ -457,7 +460,9 @@ def print_table(title: str, rows: list[dict[str, Any]], timings: tuple[str, ...]
     for t in timings:
         if "quantcore int8" in ratios and "torch.ao dynamic" in ratios:
             q, a = ratios["quantcore int8"][t], ratios["torch.ao dynamic"][t]
-            print(f"\n{t}: quantcore int8 / torch.ao dynamic = {q[0] / a[0]:.2f} (median {q[1] / a[1]:.2f})")
+            print(
+                f"\n{t}: quantcore int8 / torch.ao dynamic = {q[0] / a[0]:.2f} (median {q[1] / a[1]:.2f})"
+            )
     print("\nkernels:")
     for row in rows:
         if row.get("kernels"):
@@ -504,13 +509,22 @@ def machine() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, 100m decoder, no compile")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds, 100m decoder, no compile"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("minilm", "decoder"), help="run one model only")
     parser.add_argument("--decoder-size", choices=tuple(DECODER_SIZES), default=None)
     parser.add_argument("--no-torchao", dest="torchao", action="store_false")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument(
+        "--torchao-decoder",
+        action="store_true",
+        help="also run torchao on the decoder (another deep copy of the float model in memory)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
