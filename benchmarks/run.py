@@ -328,6 +328,7 @@ def _compiled_row(
         "compiled_vs_eager_min": times["compiled"][0] / times["eager"][0],
         "compiled_vs_eager_median": times["compiled"][1] / times["eager"][1],
         "max_abs_diff_vs_eager": float((ok_out - eager_out).abs().max()),
+        "rel_err_vs_eager": relative_error(ok_out, eager_out),
     }
 
 
@@ -472,7 +473,8 @@ def print_table(title: str, rows: list[dict[str, Any]], timings: tuple[str, ...]
             print(
                 f"\n{row['variant']}: compiled in {row['compile_s']:.1f} s; compiled / eager at "
                 f"1x128 = {row['compiled_vs_eager_min']:.2f} min ({row['compiled_vs_eager_median']:.2f} "
-                f"median); max abs diff vs eager {row['max_abs_diff_vs_eager']:.2e}"
+                f"median); vs eager: relative error {row['rel_err_vs_eager']:.2e}, max abs diff "
+                f"{row['max_abs_diff_vs_eager']:.2e}"
             )
     sys.stdout.flush()
 

@@ -191,7 +191,7 @@ def test_fast_kernels_emit_no_warnings(plugin_manager: quantcore.QuantcorePlugin
         _, quantized = _quantize_linear(plugin_manager, dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            for tokens in (1, 300):  # both the few-token and the many-token kernels
+            for tokens in (1, 1100):  # both the few-token and the many-token kernels
                 quantized(torch.randn(tokens, 64))
 
 
@@ -212,7 +212,7 @@ def test_prepared_kernels_survive_pickle_copy_and_reload(
             assert torch.equal(other(x), expected)
 
 
-@pytest.mark.parametrize("tokens", [1, 8, 33, 200])
+@pytest.mark.parametrize("tokens", [1, 33, 1100])
 def test_fp16_backend_computes_the_reference(
     plugin_manager: quantcore.QuantcorePluginManager, tokens: int
 ) -> None:
@@ -250,6 +250,6 @@ def test_torch_compile_of_a_quantized_model(
     _, quantized = _quantize_linear(plugin_manager, dtype)
     compiled = torch.compile(quantized)
     with torch.no_grad():
-        for tokens in (2, 130):  # few-token and many-token kernels
+        for tokens in (2, 1100):  # few-token and many-token kernels
             x = torch.randn(tokens, 64)
             assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)

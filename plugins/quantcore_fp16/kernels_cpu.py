@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from quantcore import KernelRequest
 
 # Calls with at most this many tokens use the fbgemm fp16 kernel; more widen the weight.
-FBGEMM_FP16_MAX_TOKENS = 32
+FBGEMM_FP16_MAX_TOKENS = 1024
 
 
 def fbgemm_fp16_available() -> bool:
