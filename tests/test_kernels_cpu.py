@@ -253,3 +253,18 @@ def test_torch_compile_of_a_quantized_model(
         for tokens in (2, 1100):  # few-token and many-token kernels
             x = torch.randn(tokens, 64)
             assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_inputs_that_require_grad_take_the_differentiable_path(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str
+) -> None:
+    _, quantized = _quantize_linear(plugin_manager, dtype)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = quantized(x)
+    x.requires_grad_(True)
+    y = quantized(x)
+    assert y.requires_grad and torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape

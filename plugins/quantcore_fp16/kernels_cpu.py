@@ -60,7 +60,8 @@ class _Fp16Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // max(x.shape[-1], 1)
-        if x.dtype != torch.float32 or tokens == 0 or tokens > FBGEMM_FP16_MAX_TOKENS:
+        differentiable = x.requires_grad and torch.is_grad_enabled()  # fbgemm has no autograd
+        if differentiable or x.dtype != torch.float32 or not 0 < tokens <= FBGEMM_FP16_MAX_TOKENS:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.weight.to(x.dtype), bias)
         y: torch.Tensor = self._fbgemm(x.reshape(-1, x.shape[-1]))

@@ -31,9 +31,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from quantcore import ActivationSpec, Granularity, KernelRequest, QuantizedWeight
-from quantcore_int8.quantization import MIN_ACTIVATION_BOUND, activation_range
+from quantcore_int8.quantization import (
+    MIN_ACTIVATION_BOUND,
+    activation_range,
+    dequantize_weight,
+    fake_quantize_activation,
+)
 
 # Calls with at most this many tokens run fbgemm in the combined backend (memory-bound GEMMs,
 # where fbgemm's lower overhead wins); more tokens run oneDNN.
@@ -223,6 +229,7 @@ class _Int8Linear:
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
         self.fbgemm_up_to = fbgemm_up_to
         self.packed: dict[str, torch.Tensor] = {}
+        self.request, self.bits = request, bits
 
     def _packed(self, kind: str) -> torch.Tensor:
         packed = self.packed.get(kind)
@@ -246,11 +253,19 @@ class _Int8Linear:
         gemm = _fbgemm_gemm(q, self.zero_point, self.wq, packed, self.packed["colsum"])
         return gemm.mul_(self.scales)
 
+    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's math in differentiable ops: the int8 GEMMs have no autograd."""
+        assert self.request.activation is not None
+        x_q = fake_quantize_activation(x, self.request.activation, self.bits)
+        return F.linear(x_q, dequantize_weight(self.request.weight), self.bias).to(x.dtype)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise RuntimeError(
                 f"input has {x.shape[-1]} features, the layer expects {self.in_features}"
             )
+        if x.requires_grad and torch.is_grad_enabled():
+            return self._differentiable(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         tokens = x2.shape[0]
