@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow lint check clean
+.PHONY: demo test test-slow bench bench-quick lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(VENV)/.installed-dev  ## the fast test suite
 
 test-slow: $(VENV)/.installed-dev  ## the heavier model sweeps (marked slow); none selected is fine
 	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+bench: $(VENV)/.installed-dev  ## speed/accuracy/size/memory vs fp32, torch.ao, torchao (long; not a test)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(VENV)/.installed-dev  ## the same in a few minutes: fewer rounds, ~100M decoder
+	$(BIN)/python -m benchmarks.run --quick
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(BIN)/ruff check .

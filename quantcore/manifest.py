@@ -162,7 +162,7 @@ def layer_spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
         "weight": weight_spec_to_dict(spec.weight),
         "activation": None
         if act is None
-        else {"granularity": act.granularity.value, "symmetric": act.symmetric},
+        else {"granularity": act.granularity.value, "symmetric": act.symmetric, "bits": act.bits},
         "granularity": spec.describe(),  # human-readable, for `quantcore inspect`
         "reason": spec.reason,
     }
@@ -173,7 +173,11 @@ def layer_spec_from_dict(raw: Mapping[str, Any]) -> LayerSpec:
     activation = (
         None
         if act is None
-        else ActivationSpec(Granularity(act["granularity"]), bool(act["symmetric"]))
+        else ActivationSpec(
+            Granularity(act["granularity"]),
+            bool(act["symmetric"]),
+            None if act.get("bits") is None else int(act["bits"]),
+        )
     )
     return LayerSpec(weight_spec_from_dict(raw["weight"]), activation, str(raw.get("reason", "")))
 

@@ -46,10 +46,18 @@ class ActivationSpec:
 
     granularity: Granularity = Granularity.PER_TOKEN
     symmetric: bool = True
+    # Integer width of the quantized input. None lets the format's kernels use the widest width
+    # they compute exactly on the layer's device (some CPUs' int8 dot products saturate at 8 bits).
+    bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits is not None and not 2 <= self.bits <= 16:
+            raise ValueError(f"activation bits must be between 2 and 16 or None, not {self.bits}")
 
     def describe(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
-        return f"{self.granularity.value}, {kind}"
+        width = "" if self.bits is None else f", {self.bits}-bit"
+        return f"{self.granularity.value}, {kind}{width}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ dtype so a CPU without fast fp16 math never runs slower than fp32."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
-from quantcore_fp16 import kernels_cuda
+from quantcore_fp16 import kernels_cpu, kernels_cuda
 from quantcore_fp16.kernels_conv import prepare_reference_conv
 from quantcore_fp16.kernels_embedding import (
     prepare_reference_embedding,
@@ -46,9 +47,11 @@ LAYER_SPECS = {
 def quantize_weight(
     weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
 ) -> QuantizedWeight:
-    if not bool(torch.isfinite(weight).all()):
+    # one pass without temporaries: NaN propagates through aminmax, so finite ends mean all finite
+    low, high = (float(v) for v in torch.aminmax(weight.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise quantcore.LayerSkipped("weight contains NaN or Inf")
-    if weight.numel() and float(weight.abs().max()) > _FP16_MAX:
+    if max(-low, high) > _FP16_MAX:
         raise quantcore.LayerSkipped(f"weight values exceed the float16 range (±{_FP16_MAX:g})")
     return QuantizedWeight(FORMAT, weight.to(torch.float16), spec=spec)
 
@@ -111,4 +114,17 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         supports=kernels_cuda.supports_cuda_linear,
         priority=200,
         description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
+    )
+    yield quantcore.KernelBackend(
+        name="fp16-linear-fbgemm+upcast",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cpu.prepare_fbgemm_fp16_linear,
+        is_available=kernels_cpu.fbgemm_fp16_available,
+        supports=kernels_cpu.supports_fbgemm_fp16,
+        priority=20,
+        description=(
+            f"CPU: fbgemm fp16-weight GEMM for float32 calls of up to "
+            f"{kernels_cpu.FBGEMM_FP16_MAX_TOKENS} tokens, widened weight + float GEMM otherwise"
+        ),
     )

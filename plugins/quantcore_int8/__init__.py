@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
-from quantcore_int8 import kernels_cuda
+from quantcore_int8 import kernels_cpu, kernels_cuda
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
 from quantcore_int8.kernels_embedding import (
@@ -146,4 +146,38 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         supports=kernels_cuda.supports_int_mm,
         priority=150,
         description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
+    )
+    # Fast CPU kernels, most preferred first; each computes exactly what the reference does.
+    yield quantcore.KernelBackend(
+        name="int8-linear-fbgemm+onednn",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cpu.prepare_fbgemm_onednn_linear,
+        is_available=kernels_cpu.fbgemm_and_onednn_available,
+        supports=kernels_cpu.supports_fbgemm_onednn,
+        priority=30,
+        description=(
+            f"CPU: fbgemm int8 GEMM (deprecated op, warnings hidden) for calls of up to "
+            f"{kernels_cpu.FBGEMM_MAX_TOKENS} tokens, oneDNN int8 GEMM above"
+        ),
+    )
+    yield quantcore.KernelBackend(
+        name="int8-linear-onednn",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cpu.prepare_onednn_linear,
+        is_available=kernels_cpu.onednn_available,
+        supports=kernels_cpu.supports_onednn,
+        priority=20,
+        description="CPU: oneDNN int8 GEMM (torch.ops.onednn.qlinear_pointwise), per-token scales",
+    )
+    yield quantcore.KernelBackend(
+        name="int8-linear-fbgemm",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_cpu.prepare_fbgemm_linear,
+        is_available=kernels_cpu.fbgemm_available,
+        supports=kernels_cpu.supports_fbgemm,
+        priority=10,
+        description="CPU: fbgemm int8 GEMM (deprecated op, warnings hidden), per-token scales",
     )

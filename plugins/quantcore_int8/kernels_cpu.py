@@ -1,0 +1,296 @@
+"""Fast int8 linear kernels for x86 CPUs, on torch's own int8 GEMMs (no quantized dtypes).
+
+Both kernels compute exactly what the reference computes: per-token symmetric activations
+``q = round(x * (qmax / max|x|))`` times the stored int8 weights, accumulated in int32, then
+scaled per token and per output channel. The activations are handed to the GEMM as
+``uint8 = q + zero_point`` because the u8 x s8 form is the fast one.
+
+Width of the activations: without AVX512-VNNI (or AMX), x86 int8 GEMMs add pairs of u8 x s8
+products in saturating int16, so 8-bit activations times 8-bit weights can overflow. A one-off
+self-test tells whether this CPU computes 8-bit products exactly; if not, activations whose
+spec leaves ``bits`` open use 7 bits (as torch.ao's ``reduce_range``), and the reference
+backend uses the same width (:func:`activation_bits`), so the fast path stays exact.
+
+* oneDNN (``torch.ops.onednn.qlinear_prepack`` / ``qlinear_pointwise``): no deprecation, the
+  default for many tokens. Inductor cannot lower it outside its own freezing flow, so the call
+  is kept out of ``torch.compile`` graphs (the quantization around it still compiles).
+* fbgemm (``torch.fbgemm_linear_int8_weight_fp32_activation``): deprecated, so an optional
+  backend with its warnings hidden; faster for a few tokens (decoding). The op quantizes its
+  input per tensor from the input's min/max, so one extra row pinning min and max makes its
+  scale exactly 1 and its zero point ours: the already-rounded values pass through unchanged.
+
+Weights are packed lazily on the first call: quantizing a model (or loading one to save it
+again) never pays for packing, and the packed copy is never pickled.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from quantcore import ActivationSpec, Granularity, KernelRequest, QuantizedWeight
+from quantcore_int8.quantization import (
+    MIN_ACTIVATION_BOUND,
+    activation_range,
+    dequantize_weight,
+    fake_quantize_activation,
+)
+
+# Calls with at most this many tokens run fbgemm in the combined backend (memory-bound GEMMs,
+# where fbgemm's lower overhead wins); more tokens run oneDNN.
+FBGEMM_MAX_TOKENS = 64
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------- availability and self-tests
+
+
+def _op(namespace: str, name: str) -> Any:
+    try:
+        return getattr(getattr(torch.ops, namespace), name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's int8 linear ops."""
+    return (
+        _op("onednn", "qlinear_prepack") is not None
+        and _op("onednn", "qlinear_pointwise") is not None
+    )
+
+
+def fbgemm_available() -> bool:
+    """Whether this torch build still has fbgemm's (deprecated) int8 linear ops."""
+    names = (
+        "fbgemm_linear_int8_weight_fp32_activation",
+        "fbgemm_pack_quantized_matrix",
+    )
+    engines = torch.backends.quantized.supported_engines
+    return all(hasattr(torch, n) for n in names) and ("fbgemm" in engines or "x86" in engines)
+
+
+def fbgemm_and_onednn_available() -> bool:
+    return fbgemm_available() and onednn_available()
+
+
+def _onednn_prepack(wq: torch.Tensor) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_prepack(wq, None)  # type: ignore[no-any-return]
+
+
+def _onednn_gemm(
+    xu8: torch.Tensor, zero_point: int, packed: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """sum_k (xu8 - zero_point) * w * scale[n], in float32."""
+    zeros = torch.zeros(scales.shape[0], dtype=torch.long)
+    out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
+        xu8, 1.0, zero_point, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+    )
+    return out
+
+
+def _fbgemm_pack(wq: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.fbgemm_pack_quantized_matrix(wq)
+
+
+_SPARE_ROWS = 2  # rows after the input that pin the fbgemm kernel's min and max
+
+
+def _fbgemm_gemm(
+    q: torch.Tensor, zero_point: int, wq: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor
+) -> torch.Tensor:
+    """sum_k q * w (exact integers, as float32) for ``q`` holding integer values in
+    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here."""
+    q[-_SPARE_ROWS:].zero_()
+    q[-2, 0] = -zero_point
+    q[-1, 0] = 255 - zero_point
+    zeros = torch.zeros(wq.shape[0], dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.fbgemm_linear_int8_weight_fp32_activation(q, wq, packed, colsum, 1.0, 0, zeros)
+    return out[:-_SPARE_ROWS]
+
+
+@functools.cache
+def onednn_int8_exact() -> bool:
+    """Whether oneDNN computes 8-bit x 8-bit products exactly on this CPU (VNNI/AMX) rather
+    than saturating pair sums at int16 (AVX2, AVX512 without VNNI)."""
+    if not onednn_available():
+        return False
+    k = 64
+    try:
+        packed = _onednn_prepack(torch.full((4, k), 127, dtype=torch.int8))
+        y = _onednn_gemm(torch.full((2, k), 255, dtype=torch.uint8), 0, packed, torch.ones(4))
+    except RuntimeError:
+        return False
+    return float(y[0, 0]) == 255 * 127 * k
+
+
+@functools.cache
+def fbgemm_int8_exact() -> bool:
+    """The same self-test for fbgemm."""
+    if not fbgemm_available():
+        return False
+    k = 64
+    wq = torch.full((4, k), 127, dtype=torch.int8)
+    try:
+        q = torch.full((2 + _SPARE_ROWS, k), 127.0)
+        y = _fbgemm_gemm(q, 128, wq, _fbgemm_pack(wq), wq.sum(1, dtype=torch.int32))
+    except RuntimeError:
+        return False
+    return float(y[0, 0]) == 127 * 127 * k
+
+
+def cpu_int8_exact() -> bool:
+    """Whether this CPU's int8 GEMMs take 8-bit activations exactly (no GEMM: nothing saturates)."""
+    if onednn_available():
+        return onednn_int8_exact()
+    if fbgemm_available():
+        return fbgemm_int8_exact()
+    return True
+
+
+def activation_bits(spec: ActivationSpec, device: torch.device) -> int:
+    """The activation width layers with ``spec`` use on ``device``: the spec's own, else 8, or 7
+    on CPUs whose int8 GEMMs would saturate at 8. Every int8 backend, the reference included,
+    uses this, so they agree on the math."""
+    if spec.bits is not None:
+        return spec.bits
+    if device.type != "cpu":
+        return 8
+    return 8 if cpu_int8_exact() else 7
+
+
+# ------------------------------------------------------------------------------- support
+
+
+def _channel_scales(weight: QuantizedWeight) -> torch.Tensor | None:
+    """Per-output-channel float32 scales [N], or None when the layout is not one we run."""
+    scale, data, spec = weight.scale, weight.data, weight.spec
+    if scale is None or weight.zero_point is not None or data.dim() != 2:
+        return None
+    if data.dtype != torch.int8 or (spec is not None and spec.axis % 2 != 0):
+        return None
+    if scale.numel() == 1:
+        return scale.reshape(1).expand(data.shape[0]).to(torch.float32).contiguous()
+    if scale.numel() != data.shape[0]:
+        return None
+    return scale.reshape(-1).to(torch.float32).contiguous()
+
+
+def _supports(request: KernelRequest, exact8: Callable[[], bool]) -> bool:
+    act = request.activation
+    if request.device.type != "cpu" or act is None or request.weight.format != "int8":
+        return False
+    if act.granularity is not Granularity.PER_TOKEN or not act.symmetric:
+        return False
+    if _channel_scales(request.weight) is None:
+        return False
+    bits = activation_bits(act, request.device)
+    return 2 <= bits <= 7 or (bits == 8 and exact8())
+
+
+def supports_onednn(request: KernelRequest) -> bool:
+    return _supports(request, onednn_int8_exact)
+
+
+def supports_fbgemm(request: KernelRequest) -> bool:
+    return _supports(request, fbgemm_int8_exact)
+
+
+def supports_fbgemm_onednn(request: KernelRequest) -> bool:
+    return supports_fbgemm(request) and supports_onednn(request)
+
+
+# ------------------------------------------------------------------------------- kernels
+
+
+class _Int8Linear:
+    """One layer's prepared int8 linear: plain tensors, packed weights made on first use."""
+
+    def __init__(self, request: KernelRequest, fbgemm_up_to: int) -> None:
+        assert request.activation is not None
+        scales = _channel_scales(request.weight)
+        assert scales is not None
+        self.wq = request.weight.data.contiguous()
+        self.out_features, self.in_features = self.wq.shape
+        self.scales = scales
+        self.bias = None if request.bias is None else request.bias.detach().to(torch.float32)
+        bits = activation_bits(request.activation, request.device)
+        self.qmax = activation_range(bits, symmetric=True)[1]
+        self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
+        self.fbgemm_up_to = fbgemm_up_to
+        self.packed: dict[str, torch.Tensor] = {}
+        self.request, self.bits = request, bits
+
+    def _packed(self, kind: str) -> torch.Tensor:
+        packed = self.packed.get(kind)
+        if packed is None:
+            if kind == "onednn":
+                packed = _onednn_prepack(self.wq)
+            else:
+                packed = _fbgemm_pack(self.wq)
+                self.packed["colsum"] = self.wq.sum(1, dtype=torch.int32)
+            self.packed[kind] = packed
+        return packed
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _onednn(self, q: torch.Tensor) -> torch.Tensor:
+        xu8 = q.add_(self.zero_point).to(torch.uint8)
+        return _onednn_gemm(xu8, self.zero_point, self._packed("onednn"), self.scales)
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _fbgemm(self, q: torch.Tensor) -> torch.Tensor:
+        packed = self._packed("fbgemm")
+        gemm = _fbgemm_gemm(q, self.zero_point, self.wq, packed, self.packed["colsum"])
+        return gemm.mul_(self.scales)
+
+    def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's math in differentiable ops: the int8 GEMMs have no autograd."""
+        assert self.request.activation is not None
+        x_q = fake_quantize_activation(x, self.request.activation, self.bits)
+        return F.linear(x_q, dequantize_weight(self.request.weight), self.bias).to(x.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise RuntimeError(
+                f"input has {x.shape[-1]} features, the layer expects {self.in_features}"
+            )
+        if x.requires_grad and torch.is_grad_enabled():
+            return self._differentiable(x)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)
+        tokens = x2.shape[0]
+        if tokens == 0:
+            return x.new_zeros((*lead, self.out_features))
+        bound = x2.abs().amax(1, keepdim=True).clamp_min_(MIN_ACTIVATION_BOUND)
+        scale = self.qmax / bound
+        if tokens <= self.fbgemm_up_to:
+            q = torch.empty(tokens + _SPARE_ROWS, self.in_features)
+            torch.mul(x2, scale, out=q[:tokens]).round_()
+            y = self._fbgemm(q)
+        else:
+            y = self._onednn(torch.mul(x2, scale).round_())
+        token_scale = bound.div_(self.qmax)
+        y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+
+def prepare_onednn_linear(request: KernelRequest) -> Linear:
+    return _Int8Linear(request, fbgemm_up_to=0)
+
+
+def prepare_fbgemm_linear(request: KernelRequest) -> Linear:
+    return _Int8Linear(request, fbgemm_up_to=2**62)
+
+
+def prepare_fbgemm_onednn_linear(request: KernelRequest) -> Linear:
+    return _Int8Linear(request, fbgemm_up_to=FBGEMM_MAX_TOKENS)

@@ -1,0 +1,270 @@
+"""The fast CPU kernel backends: exact agreement with the reference, the activation width chosen
+per CPU, fallback when a backend is missing, no deprecation warnings, pickling."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+from quantcore_fp16 import kernels_cpu as fp16_cpu
+from quantcore_int8 import kernels_cpu as int8_cpu
+from torch import nn
+
+import quantcore
+from quantcore import ActivationSpec, Granularity, KernelRequest
+
+CPU = torch.device("cpu")
+INT8_FAST = ("int8-linear-fbgemm+onednn", "int8-linear-onednn", "int8-linear-fbgemm")
+
+
+def _request(
+    registry: quantcore.Registry,
+    *,
+    out_features: int = 48,
+    in_features: int = 96,
+    bias: bool = True,
+    activation: ActivationSpec | None = None,
+    per_tensor: bool = False,
+) -> KernelRequest:
+    torch.manual_seed(1)
+    scheme = registry.scheme("int8")
+    spec = scheme.layer_specs["linear"]
+    weight_spec = spec.weight
+    if per_tensor:
+        weight_spec = quantcore.WeightSpec(Granularity.PER_TENSOR, observer="minmax")
+    weight = scheme.quantize_weight(
+        torch.randn(out_features, in_features), weight_spec, registry.observer("minmax")
+    )
+    return KernelRequest(
+        "linear",
+        weight,
+        torch.randn(out_features) if bias else None,
+        activation or spec.activation,
+        CPU,
+    )
+
+
+def _backend(registry: quantcore.Registry, name: str) -> quantcore.KernelBackend:
+    (backend,) = (b for b in registry.kernel_backends if b.name == name)
+    return backend
+
+
+def _inputs(tokens: int, features: int) -> torch.Tensor:
+    x = torch.randn(2, tokens, features)
+    x[..., 3] *= 20  # an outlier channel, as transformer activations have
+    x[0, 0] = 0.0  # an all-zero token
+    return x
+
+
+@pytest.mark.parametrize("name", INT8_FAST)
+@pytest.mark.parametrize("tokens", [1, 5, 40, 150])
+@pytest.mark.parametrize(("bias", "per_tensor"), [(True, False), (False, True)])
+def test_int8_backend_computes_the_reference(
+    plugin_manager: quantcore.QuantcorePluginManager,
+    name: str,
+    tokens: int,
+    bias: bool,
+    per_tensor: bool,
+) -> None:
+    registry = plugin_manager.registry()
+    backend = _backend(registry, name)
+    request = _request(registry, bias=bias, per_tensor=per_tensor)
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip(f"{name} is not available on this machine")
+    reference = _backend(registry, "int8-linear-reference").prepare(request)
+    x = _inputs(tokens, 96)
+    expected = reference(x)
+    got = backend.prepare(request)(x)
+    assert got.shape == expected.shape == (2, tokens, 48)
+    # Same integers, same scales: only float summation order differs.
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert not torch.equal(expected, torch.nn.functional.linear(x, torch.zeros(48, 96)))
+
+
+def test_activation_width_follows_the_cpu() -> None:
+    seven, eight = ActivationSpec(bits=7), ActivationSpec(bits=8)
+    assert int8_cpu.activation_bits(seven, CPU) == 7
+    assert int8_cpu.activation_bits(eight, CPU) == 8
+    assert int8_cpu.activation_bits(ActivationSpec(), torch.device("meta")) == 8
+    expected = 8 if int8_cpu.cpu_int8_exact() else 7
+    assert int8_cpu.activation_bits(ActivationSpec(), CPU) == expected
+
+
+def test_self_test_detects_saturation_the_way_the_kernel_behaves() -> None:
+    """With 8-bit activations the oneDNN result is exact iff the self-test says so."""
+    if not int8_cpu.onednn_available():
+        pytest.skip("no oneDNN int8 ops in this torch build")
+    k = 256
+    wq = torch.full((8, k), 127, dtype=torch.int8)
+    xu8 = torch.full((3, k), 255, dtype=torch.uint8)  # q = 127 with zero point 128
+    y = int8_cpu._onednn_gemm(xu8, 128, int8_cpu._onednn_prepack(wq), torch.ones(8))
+    assert (float(y[0, 0]) == 127 * 127 * k) == int8_cpu.onednn_int8_exact()
+
+
+def test_seven_bit_activations_are_what_the_reference_computes(
+    plugin_manager: quantcore.QuantcorePluginManager,
+) -> None:
+    registry = plugin_manager.registry()
+    request = _request(registry, activation=ActivationSpec(bits=7))
+    x = _inputs(9, 96)
+    reference = _backend(registry, "int8-linear-reference").prepare(request)(x)
+    eight = _backend(registry, "int8-linear-reference").prepare(
+        _request(registry, activation=ActivationSpec(bits=8))
+    )(x)
+    assert not torch.allclose(reference, eight, rtol=1e-4, atol=1e-4)  # the width matters
+    for name in INT8_FAST:
+        backend = _backend(registry, name)
+        if backend.is_available() and backend.supports(request):
+            got = backend.prepare(request)(x)
+            assert torch.allclose(got, reference, rtol=1e-5, atol=1e-4), name
+
+
+def test_eight_bits_on_a_saturating_cpu_fall_back_to_the_reference(
+    plugin_manager: quantcore.QuantcorePluginManager,
+) -> None:
+    registry = plugin_manager.registry()
+    request = _request(registry, activation=ActivationSpec(bits=8))
+    for name in INT8_FAST:
+        backend = _backend(registry, name)
+        if backend.is_available() and "onednn" in name:
+            assert backend.supports(request) == int8_cpu.onednn_int8_exact(), name
+
+
+def test_unsupported_layouts_are_left_to_the_reference(
+    plugin_manager: quantcore.QuantcorePluginManager,
+) -> None:
+    registry = plugin_manager.registry()
+    backend = _backend(registry, "int8-linear-onednn")
+    asymmetric = _request(registry, activation=ActivationSpec(symmetric=False))
+    per_tensor_act = _request(registry, activation=ActivationSpec(Granularity.PER_TENSOR))
+    weight_only = _request(registry)
+    weight_only = KernelRequest("linear", weight_only.weight, None, None, CPU)
+    meta = KernelRequest("linear", weight_only.weight, None, ActivationSpec(), torch.device("meta"))
+    for request in (asymmetric, per_tensor_act, weight_only, meta):
+        assert not backend.supports(request)
+
+
+def _quantize_linear(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str
+) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    result = quantcore.quantize(model, dtype, plugin_manager=plugin_manager)
+    assert result.module is not None
+    return model, result.module
+
+
+def test_missing_fbgemm_falls_back_to_onednn_then_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
+    expected_kernel = "int8-linear-onednn" if int8_cpu.onednn_available() else None
+    if expected_kernel:
+        assert quantized[0].kernel_name == expected_kernel
+
+    monkeypatch.setattr(int8_cpu, "onednn_available", lambda: False)
+    model, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
+    result = quantcore.quantize(model, "int8", plugin_manager=quantcore.create_plugin_manager())
+    assert {line.kernel for line in result.report.quantized} == {"int8-linear-reference"}
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), model(x), rtol=0.05, atol=0.05)
+
+
+def test_report_names_the_fast_kernel(plugin_manager: quantcore.QuantcorePluginManager) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32))
+    result = quantcore.quantize(model, "int8", plugin_manager=plugin_manager)
+    (line,) = result.report.quantized
+    assert result.module is not None
+    assert line.kernel == result.module[0].kernel_name
+    if int8_cpu.fbgemm_available() and int8_cpu.onednn_available():
+        assert line.kernel == "int8-linear-fbgemm+onednn"
+
+
+def test_fast_kernels_emit_no_warnings(plugin_manager: quantcore.QuantcorePluginManager) -> None:
+    for dtype in ("int8", "fp16"):
+        _, quantized = _quantize_linear(plugin_manager, dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for tokens in (1, 1100):  # both the few-token and the many-token kernels
+                quantized(torch.randn(tokens, 64))
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_prepared_kernels_survive_pickle_copy_and_reload(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str
+) -> None:
+    _, quantized = _quantize_linear(plugin_manager, dtype)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = quantized(x)  # packs the weights lazily
+        restored = pickle.loads(pickle.dumps(quantized))
+        copied = copy.deepcopy(quantized)
+        reloaded = _quantize_linear(plugin_manager, dtype)[1]
+        reloaded.load_state_dict(quantized.state_dict())
+        for other in (restored, copied, reloaded):
+            assert other[0].kernel_name == quantized[0].kernel_name
+            assert torch.equal(other(x), expected)
+
+
+@pytest.mark.parametrize("tokens", [1, 33, 1100])
+def test_fp16_backend_computes_the_reference(
+    plugin_manager: quantcore.QuantcorePluginManager, tokens: int
+) -> None:
+    registry = plugin_manager.registry()
+    backend = _backend(registry, "fp16-linear-fbgemm+upcast")
+    torch.manual_seed(0)
+    scheme = registry.scheme("fp16")
+    weight = scheme.quantize_weight(torch.randn(48, 96), scheme.layer_specs["linear"].weight, None)
+    request = KernelRequest("linear", weight, torch.randn(48), None, CPU)
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip("no fbgemm fp16 kernel in this torch build")
+    x = torch.randn(tokens, 96)
+    expected = _backend(registry, "fp16-linear-reference").prepare(request)(x)
+    got = backend.prepare(request)(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    bf16 = backend.prepare(request)(x.bfloat16())  # other dtypes take the reference's math
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_missing_fp16_kernel_falls_back_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "fp16")
+    assert quantized[0].kernel_name == "fp16-linear-reference"
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "fp16")
+    assert quantized[0](torch.randn(2, 64)).shape == (2, 32)
+
+
+@pytest.mark.slow  # inductor compiles take ~20 s each on 2 cores
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_torch_compile_of_a_quantized_model(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str
+) -> None:
+    """Inductor compiles the quantization around the GEMM; the GEMM itself stays eager."""
+    torch._dynamo.reset()
+    _, quantized = _quantize_linear(plugin_manager, dtype)
+    compiled = torch.compile(quantized)
+    with torch.no_grad():
+        for tokens in (2, 1100):  # few-token and many-token kernels
+            x = torch.randn(tokens, 64)
+            assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_inputs_that_require_grad_take_the_differentiable_path(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str
+) -> None:
+    _, quantized = _quantize_linear(plugin_manager, dtype)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = quantized(x)
+    x.requires_grad_(True)
+    y = quantized(x)
+    assert y.requires_grad and torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
