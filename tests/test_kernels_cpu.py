@@ -62,16 +62,19 @@ def _inputs(tokens: int, features: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", INT8_FAST)
 @pytest.mark.parametrize("tokens", [1, 5, 40, 150])
 @pytest.mark.parametrize(("bias", "per_tensor"), [(True, False), (False, True)])
+@pytest.mark.parametrize("symmetric", [True, False])
 def test_int8_backend_computes_the_reference(
     plugin_manager: quantcore.QuantcorePluginManager,
     name: str,
     tokens: int,
     bias: bool,
     per_tensor: bool,
+    symmetric: bool,
 ) -> None:
     registry = plugin_manager.registry()
     backend = _backend(registry, name)
-    request = _request(registry, bias=bias, per_tensor=per_tensor)
+    activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric)
+    request = _request(registry, bias=bias, per_tensor=per_tensor, activation=activation)
     if not (backend.is_available() and backend.supports(request)):
         pytest.skip(f"{name} is not available on this machine")
     reference = _backend(registry, "int8-linear-reference").prepare(request)
@@ -139,11 +142,12 @@ def test_unsupported_layouts_are_left_to_the_reference(
     registry = plugin_manager.registry()
     backend = _backend(registry, "int8-linear-onednn")
     asymmetric = _request(registry, activation=ActivationSpec(symmetric=False))
+    assert backend.supports(asymmetric)  # per-token zero points: a rank-1 correction
     per_tensor_act = _request(registry, activation=ActivationSpec(Granularity.PER_TENSOR))
     weight_only = _request(registry)
     weight_only = KernelRequest("linear", weight_only.weight, None, None, CPU)
     meta = KernelRequest("linear", weight_only.weight, None, ActivationSpec(), torch.device("meta"))
-    for request in (asymmetric, per_tensor_act, weight_only, meta):
+    for request in (per_tensor_act, weight_only, meta):
         assert not backend.supports(request)
 
 

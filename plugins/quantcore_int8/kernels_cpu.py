@@ -39,6 +39,7 @@ from quantcore_int8.quantization import (
     activation_range,
     dequantize_weight,
     fake_quantize_activation,
+    quantize_activation,
 )
 
 # Calls with at most this many tokens run fbgemm in the combined backend (memory-bound GEMMs,
@@ -190,7 +191,7 @@ def _supports(request: KernelRequest, exact8: Callable[[], bool]) -> bool:
     act = request.activation
     if request.device.type != "cpu" or act is None or request.weight.format != "int8":
         return False
-    if act.granularity is not Granularity.PER_TOKEN or not act.symmetric:
+    if act.granularity is not Granularity.PER_TOKEN:
         return False
     if _channel_scales(request.weight) is None:
         return False
@@ -225,8 +226,11 @@ class _Int8Linear:
         self.scales = scales
         self.bias = None if request.bias is None else request.bias.detach().to(torch.float32)
         bits = activation_bits(request.activation, request.device)
-        self.qmax = activation_range(bits, symmetric=True)[1]
+        self.symmetric = request.activation.symmetric
+        self.qmin, self.qmax = activation_range(bits, self.symmetric)
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
+        # asymmetric tokens: sum_k (q - zp_t) w = sum_k u w - (zp_t - qmin) sum_k w, u = q - qmin
+        self.weight_sums = self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales
         self.fbgemm_up_to = fbgemm_up_to
         self.packed: dict[str, torch.Tensor] = {}
         self.request, self.bits = request, bits
@@ -243,15 +247,37 @@ class _Int8Linear:
         return packed
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _onednn(self, q: torch.Tensor) -> torch.Tensor:
-        xu8 = q.add_(self.zero_point).to(torch.uint8)
-        return _onednn_gemm(xu8, self.zero_point, self._packed("onednn"), self.scales)
+    def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
+        xu8 = q.add_(zero_point).to(torch.uint8)
+        return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _fbgemm(self, q: torch.Tensor) -> torch.Tensor:
+    def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         packed = self._packed("fbgemm")
-        gemm = _fbgemm_gemm(q, self.zero_point, self.wq, packed, self.packed["colsum"])
+        gemm = _fbgemm_gemm(q, zero_point, self.wq, packed, self.packed["colsum"])
         return gemm.mul_(self.scales)
+
+    def _gemm(self, values: torch.Tensor, zero_point: int) -> torch.Tensor:
+        """sum_k (values - zero_point) * w * scale[n] for integer-valued float32 ``values``."""
+        tokens = values.shape[0]
+        if tokens <= self.fbgemm_up_to:
+            q = torch.empty(tokens + _SPARE_ROWS, self.in_features)
+            q[:tokens] = values
+            out: torch.Tensor = self._fbgemm(q, zero_point)
+        else:
+            out = self._onednn(values, zero_point)
+        return out
+
+    def _asymmetric(self, x2: torch.Tensor) -> torch.Tensor:
+        """Per-token asymmetric activations, with the reference's own quantization."""
+        assert self.request.activation is not None
+        q, token_scale, zero_point = quantize_activation(x2, self.request.activation, self.bits)
+        assert zero_point is not None
+        unsigned = q.to(torch.float32).sub_(self.qmin)  # in [0, 2**bits - 1]
+        y = self._gemm(unsigned, 0).mul_(token_scale)
+        correction = token_scale * (zero_point - self.qmin)
+        y.addcmul_(correction, self.weight_sums.unsqueeze(0), value=-1)
+        return y if self.bias is None else y.add_(self.bias)
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
         """The reference's math in differentiable ops: the int8 GEMMs have no autograd."""
@@ -271,14 +297,16 @@ class _Int8Linear:
         tokens = x2.shape[0]
         if tokens == 0:
             return x.new_zeros((*lead, self.out_features))
+        if not self.symmetric:
+            return self._asymmetric(x2).reshape(*lead, self.out_features).to(x.dtype)
         bound = x2.abs().amax(1, keepdim=True).clamp_min_(MIN_ACTIVATION_BOUND)
         scale = self.qmax / bound
         if tokens <= self.fbgemm_up_to:
             q = torch.empty(tokens + _SPARE_ROWS, self.in_features)
             torch.mul(x2, scale, out=q[:tokens]).round_()
-            y = self._fbgemm(q)
+            y = self._fbgemm(q, self.zero_point)
         else:
-            y = self._onednn(torch.mul(x2, scale).round_())
+            y = self._onednn(torch.mul(x2, scale).round_(), self.zero_point)
         token_scale = bound.div_(self.qmax)
         y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)

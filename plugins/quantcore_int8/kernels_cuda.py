@@ -50,6 +50,7 @@ def _per_token_symmetric(activation: ActivationSpec | None) -> bool:
         activation is not None
         and activation.granularity is Granularity.PER_TOKEN
         and activation.symmetric
+        and activation.bits in (None, 8)
     )
 
 

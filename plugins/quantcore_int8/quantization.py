@@ -113,7 +113,6 @@ def quantize_activation(
         return q, bound / qmax, None
     low = xf.amin(dim=dims, keepdim=True).clamp_max(0)
     high = xf.amax(dim=dims, keepdim=True).clamp_min(0)
-    qmin, qmax = ASYMMETRIC_RANGE
     steps = qmax - qmin  # high / n - low / n: the difference overflows near float32's limit
     scale = (high / steps - low / steps).clamp_min(_TINY)
     zero_point = (qmin - torch.round(low / scale)).clamp_(qmin, qmax)

@@ -27,7 +27,7 @@ from quantcore import (
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
-PER_TOKEN = ActivationSpec(Granularity.PER_TOKEN, symmetric=True)
+PER_TOKEN = ActivationSpec(Granularity.PER_TOKEN, symmetric=True, bits=8)  # the CUDA width
 INT8_SPEC = WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0)
 CUDA_BACKENDS = {"int8-linear-cuda-triton", "int8-linear-cuda-eager", "fp16-linear-cuda"}
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
