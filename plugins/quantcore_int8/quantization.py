@@ -54,12 +54,21 @@ def quantize_weight(
         observer.name != "minmax" and not bool(torch.isfinite(weight).all())
     ):
         raise quantcore.LayerSkipped("weight contains NaN or Inf; int8 cannot represent it")
-    q = (weight.to(torch.float32) / _broadcast(scale, weight, axis)).round_()
-    zero_point = None
-    if params.zero_point is not None:
-        zero_point = params.zero_point.to(torch.int32)
-        q.add_(_broadcast(zero_point, weight, axis))
-    data = q.clamp_(qmin, qmax).to(torch.int8)
+    zero_point = None if params.zero_point is None else params.zero_point.to(torch.int32)
+    data = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    # Row blocks bound the float32 temporaries to a few MB, whatever the weight's size (an
+    # embedding table can be half of a model): quantizing never holds a second float copy.
+    step = max(1, _CHUNK_ELEMENTS // max(1, weight[0].numel())) if weight.dim() else 1
+    for start in range(0, max(1, weight.shape[0] if weight.dim() else 1), step):
+        rows = slice(start, start + step)
+        block = weight[rows] if weight.dim() else weight
+        per_row = axis == 0 and scale.dim() > 0
+        block_scale = scale[rows] if per_row else scale
+        q = (block.to(torch.float32) / _broadcast(block_scale, block, axis)).round_()
+        if zero_point is not None:
+            q.add_(_broadcast(zero_point[rows] if per_row else zero_point, block, axis))
+        target = data[rows] if weight.dim() else data
+        target.copy_(q.clamp_(qmin, qmax))
     return QuantizedWeight(FORMAT, data, scale=scale, zero_point=zero_point, spec=spec)
 
 
@@ -76,6 +85,7 @@ def dequantize_weight(weight: QuantizedWeight) -> torch.Tensor:
 
 # Rows whose largest magnitude is below this quantize to zero (and 127 / bound stays finite).
 MIN_ACTIVATION_BOUND = 1e-30
+_CHUNK_ELEMENTS = 1 << 20  # float32 elements quantized at once
 
 
 def activation_range(bits: int, symmetric: bool) -> tuple[int, int]:
