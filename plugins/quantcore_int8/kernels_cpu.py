@@ -39,12 +39,12 @@ from quantcore_int8.quantization import (
     activation_range,
     dequantize_weight,
     fake_quantize_activation,
-    quantize_activation,
 )
 
 # Calls with at most this many tokens run fbgemm in the combined backend (memory-bound GEMMs,
 # where fbgemm's lower overhead wins); more tokens run oneDNN.
 FBGEMM_MAX_TOKENS = 64
+_TINY = torch.finfo(torch.float32).tiny
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
@@ -269,14 +269,19 @@ class _Int8Linear:
         return out
 
     def _asymmetric(self, x2: torch.Tensor) -> torch.Tensor:
-        """Per-token asymmetric activations, with the reference's own quantization."""
-        assert self.request.activation is not None
-        q, token_scale, zero_point = quantize_activation(x2, self.request.activation, self.bits)
-        assert zero_point is not None
-        unsigned = q.to(torch.float32).sub_(self.qmin)  # in [0, 2**bits - 1]
+        """Per-token asymmetric activations: the reference's arithmetic (quantize_activation),
+        written for the GEMM's unsigned input, u = q - qmin in [0, 2**bits - 1]."""
+        steps = self.qmax - self.qmin
+        low, high = torch.aminmax(x2, dim=1, keepdim=True)
+        low, high = low.clamp_max_(0), high.clamp_min_(0)
+        token_scale = (high / steps - low / steps).clamp_min_(_TINY)
+        zero_point = (torch.round(low / token_scale).neg_().add_(self.qmin)).clamp_(
+            self.qmin, self.qmax
+        )
+        unsigned_zero = zero_point.sub_(self.qmin)  # the zero point on the unsigned scale
+        unsigned = torch.div(x2, token_scale).round_().add_(unsigned_zero).clamp_(0, steps)
         y = self._gemm(unsigned, 0).mul_(token_scale)
-        correction = token_scale * (zero_point - self.qmin)
-        y.addcmul_(correction, self.weight_sums.unsqueeze(0), value=-1)
+        y.addcmul_(token_scale * unsigned_zero, self.weight_sums.unsqueeze(0), value=-1)
         return y if self.bias is None else y.add_(self.bias)
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
