@@ -64,6 +64,19 @@ def _capable(device: torch.device) -> bool:
 
 def supports_cuda_linear(request: KernelRequest) -> bool:
     """Symmetric per-output-channel int8 weights with per-token symmetric activations, on CUDA."""
+    return _per_token_symmetric(request.activation) and _cuda_linear_layout(request)
+
+
+def _per_token_8bit(activation: ActivationSpec | None) -> bool:
+    return (
+        activation is not None
+        and activation.granularity is Granularity.PER_TOKEN
+        and activation.bits in (None, 8)
+    )
+
+
+def _cuda_linear_layout(request: KernelRequest) -> bool:
+    """Symmetric per-output-channel int8 weights of a linear layer on a capable CUDA device."""
     weight = request.weight
     if request.device.type != "cuda" or request.op != "linear":
         return False
@@ -74,7 +87,7 @@ def supports_cuda_linear(request: KernelRequest) -> bool:
     n, k = weight.data.shape
     if weight.scale.numel() != n or (weight.spec is not None and weight.spec.axis % 2 != 0):
         return False
-    if not _per_token_symmetric(request.activation) or k > MAX_K:
+    if k > MAX_K:
         return False
     return _capable(request.device)
 
@@ -86,7 +99,12 @@ def _int_mm_shape(weight: torch.Tensor) -> bool:
 
 
 def supports_int_mm(request: KernelRequest) -> bool:
-    return supports_cuda_linear(request) and _int_mm_shape(request.weight.data)
+    """The eager path takes per-token activations with or without zero points."""
+    return (
+        _per_token_8bit(request.activation)
+        and _cuda_linear_layout(request)
+        and _int_mm_shape(request.weight.data)
+    )
 
 
 def _operands(
@@ -149,25 +167,38 @@ def eager_int_mm_linear(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
     activation: ActivationSpec,
+    weight_sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token int8 linear in torch ops around torch._int_mm (rows padded to what it accepts)."""
+    """Per-token int8 linear in torch ops around torch._int_mm (rows padded to what it accepts).
+
+    ``weight_sums`` (per-channel ``scale * sum_k w``) serves asymmetric activations; computed
+    here when not given."""
     m = x2.shape[0]
-    q, x_scale, _ = quantize_activation(x2, activation)
+    q, x_scale, zero_point = quantize_activation(x2, activation)
     if m < INT_MM_MIN_ROWS:
         q = torch.nn.functional.pad(q, (0, 0, 0, INT_MM_MIN_ROWS - m))
     acc = torch._int_mm(q, weight.t())[:m]
     out = acc.to(torch.float32) * x_scale.reshape(-1, 1) * weight_scale
+    if zero_point is not None:  # sum_k (q - zp) w = sum_k q w - zp sum_k w: a rank-1 correction
+        if weight_sums is None:
+            weight_sums = _weight_sums(weight, weight_scale)
+        out = out - (x_scale.reshape(-1, 1) * zero_point.reshape(-1, 1)) * weight_sums
     if bias is not None:
         out = out + bias
     return out.to(x2.dtype)
+
+
+def _weight_sums(weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return weight.sum(1, dtype=torch.int32).to(torch.float32) * weight_scale
 
 
 def prepare_eager_linear(request: KernelRequest) -> Linear:
     weight, scale, bias = _operands(request)
     activation = request.activation
     assert activation is not None
+    sums = None if activation.symmetric else _weight_sums(weight, scale)
 
     def run(x2: torch.Tensor) -> torch.Tensor:
-        return eager_int_mm_linear(x2, weight, scale, bias, activation)
+        return eager_int_mm_linear(x2, weight, scale, bias, activation, sums)
 
     return _with_fallback(request, run, weight.shape[0])

@@ -152,13 +152,16 @@ def test_quantizing_on_cpu_picks_no_cuda_backend(
     assert result.module(torch.randn(3, 64)).shape == (3, 16)
 
 
-def test_eager_int_mm_path_matches_the_reference() -> None:
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_eager_int_mm_path_matches_the_reference(symmetric: bool) -> None:
     """The no-triton CUDA fallback's math, run on CPU (torch._int_mm has a CPU kernel): per-token
-    quantization, int32 matmul, rescale; few rows are padded to what _int_mm accepts on CUDA."""
+    quantization, int32 matmul, rescale (and the zero-point correction for asymmetric
+    activations); few rows are padded to what _int_mm accepts on CUDA."""
     torch.manual_seed(0)
     model = nn.Linear(64, 48)
     weight = quantize_weight(model.weight.detach(), INT8_SPEC, _minmax())
-    request = KernelRequest("linear", weight, model.bias.detach(), PER_TOKEN, CPU)
+    activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric, bits=8)
+    request = KernelRequest("linear", weight, model.bias.detach(), activation, CPU)
     eager = int8_cuda.prepare_eager_linear(request)
     reference = prepare_reference_linear(request)
     for shape in ((1, 64), (5, 64), (2, 17, 64), (64,)):
@@ -226,3 +229,17 @@ def test_cuda_model_quantizes_on_the_gpu_and_follows_to(dtype: str) -> None:
         m.kernel_name for m in q.modules() if hasattr(m, "kernel_name")
     } & CUDA_BACKENDS == set()
     assert q(x.cpu()).device.type == "cpu"
+
+
+def test_asymmetric_activations_go_to_the_eager_int_mm_path() -> None:
+    """The int8 default for linear layers is per-token asymmetric: the Triton kernel (symmetric
+    only) declines it, the _int_mm path takes it with its zero-point correction."""
+    torch.manual_seed(0)
+    weight = quantize_weight(torch.randn(64, 64), INT8_SPEC, _minmax())
+    cuda = torch.device("cuda")
+    asymmetric = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
+    request = KernelRequest("linear", weight, None, asymmetric, cuda)
+    assert not int8_cuda.supports_cuda_linear(request)
+    assert int8_cuda.supports_int_mm(request)
+    seven_bits = ActivationSpec(Granularity.PER_TOKEN, symmetric=False, bits=7)
+    assert not int8_cuda.supports_int_mm(KernelRequest("linear", weight, None, seven_bits, cuda))
