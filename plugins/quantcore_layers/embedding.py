@@ -23,13 +23,18 @@ from quantcore_layers.common import (
 from quantcore_layers.modules import QuantizedModule, register_weight
 
 
-class QuantizedEmbedding(DtypeTrackingModule):
-    """Drop-in for nn.Embedding; returns the original table's dtype."""
+class _QuantizedTable(DtypeTrackingModule):
+    """What both lookups keep of the float module: the table's shape, padding and max_norm
+    settings, its dtype (the output's), and the quantized table itself."""
 
     def __init__(
-        self, source: nn.Embedding, weight: QuantizedWeight, backends: tuple[KernelBackend, ...]
+        self,
+        op: str,
+        source: nn.Embedding | nn.EmbeddingBag,
+        weight: QuantizedWeight,
+        backends: tuple[KernelBackend, ...],
     ) -> None:
-        super().__init__("embedding", backends)
+        super().__init__(op, backends)
         self.num_embeddings = source.num_embeddings
         self.embedding_dim = source.embedding_dim
         self.padding_idx = source.padding_idx
@@ -39,6 +44,15 @@ class QuantizedEmbedding(DtypeTrackingModule):
         self.weight_format = weight.format
         self.weight_spec = weight.spec
         register_weight(self, weight)
+
+
+class QuantizedEmbedding(_QuantizedTable):
+    """Drop-in for nn.Embedding; returns the original table's dtype."""
+
+    def __init__(
+        self, source: nn.Embedding, weight: QuantizedWeight, backends: tuple[KernelBackend, ...]
+    ) -> None:
+        super().__init__("embedding", source, weight, backends)
         self._prepare_kernel()
 
     def _kernel_request(self) -> KernelRequest:
@@ -61,24 +75,15 @@ class QuantizedEmbedding(DtypeTrackingModule):
         )
 
 
-class QuantizedEmbeddingBag(DtypeTrackingModule):
+class QuantizedEmbeddingBag(_QuantizedTable):
     """Drop-in for nn.EmbeddingBag (every mode, offsets, per_sample_weights, padding_idx)."""
 
     def __init__(
         self, source: nn.EmbeddingBag, weight: QuantizedWeight, backends: tuple[KernelBackend, ...]
     ) -> None:
-        super().__init__("embedding_bag", backends)
-        self.num_embeddings = source.num_embeddings
-        self.embedding_dim = source.embedding_dim
-        self.padding_idx = source.padding_idx
-        self.max_norm = source.max_norm
-        self.norm_type = source.norm_type
+        super().__init__("embedding_bag", source, weight, backends)
         self.mode = source.mode
         self.include_last_offset = source.include_last_offset
-        self.output_dtype = source.weight.dtype
-        self.weight_format = weight.format
-        self.weight_spec = weight.spec
-        register_weight(self, weight)
         self._prepare_kernel()
 
     def _kernel_request(self) -> KernelRequest:
