@@ -213,20 +213,19 @@ def quantize(
     """
     if output not in ("result", "module", "state_dict"):
         raise ValueError(f"output must be 'result', 'module' or 'state_dict', not {output!r}")
-    with preserved_global_state():
-        effective = resolve_settings(
-            config,
-            dtype=dtype,
-            include=include,
-            exclude=exclude,
-            overrides=overrides,
-            disable_plugins=disable_plugins,
-            strict=strict,
-            log_level=log_level,
-        )
-        with _logger_level(effective.log_level):
-            job = prepare_job(obj, effective, plugin_manager)
-            result = job.run(job.adapted, progress)
+    with configured_job(
+        obj,
+        plugin_manager,
+        config,
+        dtype=dtype,
+        include=include,
+        exclude=exclude,
+        overrides=overrides,
+        disable_plugins=disable_plugins,
+        strict=strict,
+        log_level=log_level,
+    ) as job:
+        result = job.run(job.adapted, progress)
     if output == "module":
         if result.module is None:
             raise ValueError(
@@ -264,6 +263,21 @@ def resolve_settings(
         "log_level": log_level,
     }
     return resolve_config(config, parameters=parameters)
+
+
+@contextmanager
+def configured_job(
+    obj: object,
+    plugin_manager: QuantcorePluginManager | None,
+    config: ConfigInput = None,
+    **settings: Any,
+) -> Iterator[QuantizationJob]:
+    """Everything a quantizing call does before and around the work: resolve the settings,
+    load plugins, adapt the input, set the log level, and leave torch's global state as it was."""
+    with preserved_global_state():
+        effective = resolve_settings(config, **settings)
+        with _logger_level(effective.log_level):
+            yield prepare_job(obj, effective, plugin_manager)
 
 
 def _as_patterns(value: str | Iterable[str] | None) -> list[str] | None:

@@ -30,13 +30,10 @@ from quantcore.api import (
     QuantizationJob,
     QuantizationResult,
     _log_report,
-    _logger_level,
     attach_manifest,
+    configured_job,
     manifest_of,
-    prepare_job,
-    preserved_global_state,
     quantcore_version,
-    resolve_settings,
 )
 from quantcore.config import ConfigInput
 from quantcore.context import ConversionContext, SharedState
@@ -541,18 +538,17 @@ def quantize_to_file(
     defaults). A sharded input is quantized shard by shard and written as a sharded output with
     its own index (see :func:`sharded_names`), so memory stays bounded by the largest shard.
     """
-    with preserved_global_state():
-        effective = resolve_settings(
-            config,
-            dtype=dtype,
-            include=include,
-            exclude=exclude,
-            disable_plugins=disable_plugins,
-            strict=strict,
-        )
-        with _logger_level(effective.log_level):
-            job = prepare_job(obj, effective, plugin_manager)
-            return _quantize_job_to_file(job, Path(path), progress, shard_progress)
+    with configured_job(
+        obj,
+        plugin_manager,
+        config,
+        dtype=dtype,
+        include=include,
+        exclude=exclude,
+        disable_plugins=disable_plugins,
+        strict=strict,
+    ) as job:
+        return _quantize_job_to_file(job, Path(path), progress, shard_progress)
 
 
 def _quantize_job_to_file(
