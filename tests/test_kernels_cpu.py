@@ -272,3 +272,13 @@ def test_inputs_that_require_grad_take_the_differentiable_path(
     assert y.requires_grad and torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("high", [127, 255])
+def test_uint8_conversion_keeps_every_value(high: int) -> None:
+    """The GEMM input is converted through int8 (7-bit) or int32 (8-bit) for speed; every
+    integer in range must come out as the same uint8, whichever way."""
+    values = torch.arange(high + 1, dtype=torch.float32).repeat(3, 1)
+    got = int8_cpu._to_uint8(values, high)
+    assert got.dtype == torch.uint8
+    assert torch.equal(got.to(torch.int32), values.to(torch.int32))

@@ -214,6 +214,14 @@ def supports_fbgemm_onednn(request: KernelRequest) -> bool:
 # ------------------------------------------------------------------------------- kernels
 
 
+def _to_uint8(values: torch.Tensor, high: int) -> torch.Tensor:
+    """Integer-valued floats in [0, high] as uint8. torch converts float to uint8 element by
+    element, several times slower than to int8 or int32, whose bits are the same here."""
+    if high <= 127:
+        return values.to(torch.int8).view(torch.uint8)
+    return values.to(torch.int32).to(torch.uint8)
+
+
 class _Int8Linear:
     """One layer's prepared int8 linear: plain tensors, packed weights made on first use."""
 
@@ -229,6 +237,7 @@ class _Int8Linear:
         self.symmetric = request.activation.symmetric
         self.qmin, self.qmax = activation_range(bits, self.symmetric)
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
+        self.uint8_max = max(2 * self.qmax + 1, self.qmax - self.qmin)  # largest GEMM input
         # asymmetric tokens: sum_k (q - zp_t) w = sum_k u w - (zp_t - qmin) sum_k w, u = q - qmin
         self.weight_sums = self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales
         self.fbgemm_up_to = fbgemm_up_to
@@ -248,7 +257,7 @@ class _Int8Linear:
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
-        xu8 = q.add_(zero_point).to(torch.uint8)
+        xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
         return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
@@ -257,31 +266,37 @@ class _Int8Linear:
         gemm = _fbgemm_gemm(q, zero_point, self.wq, packed, self.packed["colsum"])
         return gemm.mul_(self.scales)
 
-    def _gemm(self, values: torch.Tensor, zero_point: int) -> torch.Tensor:
-        """sum_k (values - zero_point) * w * scale[n] for integer-valued float32 ``values``."""
-        tokens = values.shape[0]
+    def _input_buffer(self, tokens: int) -> torch.Tensor | None:
+        """Where the rounded activations go: fbgemm's input with its spare rows, or a new
+        tensor (None) for oneDNN."""
         if tokens <= self.fbgemm_up_to:
-            q = torch.empty(tokens + _SPARE_ROWS, self.in_features)
-            q[:tokens] = values
-            out: torch.Tensor = self._fbgemm(q, zero_point)
-        else:
-            out = self._onednn(values, zero_point)
-        return out
+            return torch.empty(tokens + _SPARE_ROWS, self.in_features)
+        return None
+
+    def _gemm(
+        self, values: torch.Tensor, buffer: torch.Tensor | None, zero_point: int
+    ) -> torch.Tensor:
+        """sum_k (values - zero_point) * w * scale[n] for integer-valued float32 ``values``
+        (written into ``buffer`` when it is fbgemm's)."""
+        if buffer is not None:
+            return self._fbgemm(buffer, zero_point)  # type: ignore[no-any-return]
+        return self._onednn(values, zero_point)  # type: ignore[no-any-return]
 
     def _asymmetric(self, x2: torch.Tensor) -> torch.Tensor:
         """Per-token asymmetric activations: the reference's arithmetic (quantize_activation),
         written for the GEMM's unsigned input, u = q - qmin in [0, 2**bits - 1]."""
         steps = self.qmax - self.qmin
-        low, high = torch.aminmax(x2, dim=1, keepdim=True)
-        low, high = low.clamp_max_(0), high.clamp_min_(0)
-        token_scale = (high / steps - low / steps).clamp_min_(_TINY)
-        zero_point = (torch.round(low / token_scale).neg_().add_(self.qmin)).clamp_(
-            self.qmin, self.qmax
-        )
-        unsigned_zero = zero_point.sub_(self.qmin)  # the zero point on the unsigned scale
-        unsigned = torch.div(x2, token_scale).round_().add_(unsigned_zero).clamp_(0, steps)
-        y = self._gemm(unsigned, 0).mul_(token_scale)
-        y.addcmul_(token_scale * unsigned_zero, self.weight_sums.unsqueeze(0), value=-1)
+        # two reductions: torch.aminmax over rows is several times slower than amin + amax
+        low = x2.amin(1, keepdim=True).clamp_max_(0)
+        high = x2.amax(1, keepdim=True).clamp_min_(0)
+        token_scale = (high / steps).sub_(low / steps).clamp_min_(_TINY)
+        # the zero point on the unsigned scale: clamp(qmin - round(low / s), qmin, qmax) - qmin
+        unsigned_zero = torch.round(low.div_(token_scale)).neg_().clamp_(0, steps)
+        buffer = self._input_buffer(x2.shape[0])
+        out = None if buffer is None else buffer[: x2.shape[0]]
+        unsigned = torch.div(x2, token_scale, out=out).round_().add_(unsigned_zero)
+        y = self._gemm(unsigned.clamp_(0, steps), buffer, 0).mul_(token_scale)
+        y.addcmul_(token_scale.mul_(unsigned_zero), self.weight_sums.unsqueeze(0), value=-1)
         return y if self.bias is None else y.add_(self.bias)
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
@@ -305,13 +320,10 @@ class _Int8Linear:
         if not self.symmetric:
             return self._asymmetric(x2).reshape(*lead, self.out_features).to(x.dtype)
         bound = x2.abs().amax(1, keepdim=True).clamp_min_(MIN_ACTIVATION_BOUND)
-        scale = self.qmax / bound
-        if tokens <= self.fbgemm_up_to:
-            q = torch.empty(tokens + _SPARE_ROWS, self.in_features)
-            torch.mul(x2, scale, out=q[:tokens]).round_()
-            y = self._fbgemm(q, self.zero_point)
-        else:
-            y = self._onednn(torch.mul(x2, scale).round_(), self.zero_point)
+        buffer = self._input_buffer(tokens)
+        out = None if buffer is None else buffer[:tokens]
+        q = torch.mul(x2, self.qmax / bound, out=out).round_()
+        y = self._gemm(q, buffer, self.zero_point)
         token_scale = bound.div_(self.qmax)
         y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)

@@ -56,7 +56,8 @@ def minmax(
     if rows.shape[1] == 0:
         low = high = torch.zeros(rows.shape[0], dtype=torch.float32, device=tensor.device)
     else:
-        low, high = torch.aminmax(rows.float(), dim=1)
+        values = rows.float()  # amin + amax: torch.aminmax over rows is several times slower
+        low, high = values.amin(1), values.amax(1)
     params = params_from_range(low, high, symmetric=symmetric, qmin=qmin, qmax=qmax)
     if granularity is Granularity.PER_TENSOR:
         zp = None if params.zero_point is None else params.zero_point.reshape(())
