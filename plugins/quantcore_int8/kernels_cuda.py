@@ -3,9 +3,10 @@
 Importing this module needs neither a GPU nor triton: both are looked for only when a backend is
 asked whether it is available, and triton is imported only when a kernel is prepared on CUDA.
 
-* ``int8-linear-cuda-triton``: fused per-token activation quantization and an int8 GEMM whose
-  epilogue applies the scales and bias (large token counts); int8 weights dequantized in
-  registers for a few tokens (decode). Kernels in ``triton_kernels``.
+* ``int8-linear-cuda-triton``: fused per-token activation quantization (symmetric or with zero
+  points) and an int8 GEMM whose epilogue applies the zero-point term, the scales and the bias
+  (large token counts); int8 weights dequantized in registers for a few tokens (decode).
+  Kernels in ``triton_kernels``.
 * ``int8-linear-cuda-eager``: when CUDA is there but triton is not (Windows builds of torch):
   activation quantization in torch ops, ``torch._int_mm``, rescale in torch ops. Slower than
   fp16, but it keeps weights int8 and beats the reference, which dequantizes every call.
@@ -24,8 +25,9 @@ from quantcore_int8.quantization import quantize_activation
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
-# K * 127 * 127 must fit the int32 accumulator.
+# K * 127 * 127 must fit the int32 accumulator; with zero points, K * 255 * 127 (q - z spans 255).
 MAX_K = (2**31 - 1) // (127 * 127)
+MAX_K_ASYMMETRIC = (2**31 - 1) // (255 * 127)
 # torch._int_mm on CUDA takes more than 16 rows; fewer are padded to this.
 INT_MM_MIN_ROWS = 17
 # int8 tensor-core kernels (Triton's and cuBLAS's) need compute capability 8.0 (Ampere) or newer.
@@ -45,15 +47,6 @@ def triton_available() -> bool:
     return cuda_available() and triton_installed()
 
 
-def _per_token_symmetric(activation: ActivationSpec | None) -> bool:
-    return (
-        activation is not None
-        and activation.granularity is Granularity.PER_TOKEN
-        and activation.symmetric
-        and activation.bits in (None, 8)
-    )
-
-
 def _capable(device: torch.device) -> bool:
     """Compute capability check, only when a GPU is there to ask (supports() must also answer
     for a CUDA request on a machine without one, where is_available() already says no)."""
@@ -63,8 +56,9 @@ def _capable(device: torch.device) -> bool:
 
 
 def supports_cuda_linear(request: KernelRequest) -> bool:
-    """Symmetric per-output-channel int8 weights with per-token symmetric activations, on CUDA."""
-    return _per_token_symmetric(request.activation) and _cuda_linear_layout(request)
+    """Symmetric per-output-channel int8 weights with 8-bit per-token activations (with or
+    without zero points), on CUDA."""
+    return _per_token_8bit(request.activation) and _cuda_linear_layout(request)
 
 
 def _per_token_8bit(activation: ActivationSpec | None) -> bool:
@@ -87,7 +81,8 @@ def _cuda_linear_layout(request: KernelRequest) -> bool:
     n, k = weight.data.shape
     if weight.scale.numel() != n or (weight.spec is not None and weight.spec.axis % 2 != 0):
         return False
-    if k > MAX_K:
+    symmetric = request.activation is None or request.activation.symmetric
+    if k > (MAX_K if symmetric else MAX_K_ASYMMETRIC):
         return False
     return _capable(request.device)
 
@@ -148,15 +143,17 @@ def prepare_triton_linear(request: KernelRequest, gemm: str = "triton") -> Linea
     if gemm not in ("triton", "int_mm"):
         raise ValueError(f"gemm must be 'triton' or 'int_mm', not {gemm!r}")
     weight, scale, bias = _operands(request)
-    large: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-    large = tk.int8_linear_quantized
-    if gemm == "int_mm" and _int_mm_shape(weight):
-        large = tk.int8_linear_int_mm
+    assert request.activation is not None
+    symmetric = request.activation.symmetric
+    sums = None if symmetric else tk.weight_sums(weight)
+    int_mm = gemm == "int_mm" and _int_mm_shape(weight)
 
     def run(x2: torch.Tensor) -> torch.Tensor:
         if x2.shape[0] <= tk.SMALL_M:
             return tk.int8_linear_weight_only(x2, weight, scale, bias)
-        return large(x2, weight, scale, bias)
+        if int_mm:
+            return tk.int8_linear_int_mm(x2, weight, scale, bias, symmetric, sums)
+        return tk.int8_linear_quantized(x2, weight, scale, bias, symmetric=symmetric, sums=sums)
 
     return _with_fallback(request, run, weight.shape[0])
 

@@ -8,11 +8,12 @@ tensors, which is how their math is tested on machines without a GPU (tests/cuda
 
 Three launches cover the int8 linear layer:
 
-* ``quantize_rows``: per-token symmetric activation quantization in one pass over the input
-  (absmax, scale, round, clamp), instead of the half-dozen separate torch ops that make a naive
-  int8 layer slower than fp16;
-* ``int8_linear_quantized``: int8 x int8 GEMM with int32 accumulation whose epilogue applies
-  per-token scale x per-channel scale and the bias, so the int32 product never reaches memory;
+* ``quantize_rows``: per-token activation quantization, symmetric or asymmetric, in one launch
+  (range, scale, zero point, round, clamp), instead of the half-dozen separate torch ops that
+  make a naive int8 layer slower than fp16; bit for bit what ``quantize_activation`` computes;
+* ``int8_linear_quantized``: int8 x int8 GEMM with int32 accumulation whose epilogue subtracts
+  the zero-point term (zero point x the weight row's sum, in int32), applies per-token scale x
+  per-channel scale and the bias, so the int32 product never reaches memory;
 * ``int8_linear_weight_only``: for a handful of tokens (decode), the float input times int8
   weights converted in registers: reading half the bytes of an fp16 weight is what makes decode
   faster, and quantizing a few rows would only add a launch.
@@ -21,11 +22,13 @@ Three launches cover the int8 linear layer:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from quantcore_int8.quantization import MIN_ACTIVATION_BOUND
 
 # Adding then subtracting 1.5 * 2**23 rounds an fp32 value of magnitude < 2**22 to the nearest
 # integer, ties to even, exactly like torch.round; it needs no libdevice, so the interpreter runs it.
@@ -43,28 +46,56 @@ def _quantize_rows_kernel(
     x_ptr,
     q_ptr,
     scale_ptr,
+    zero_point_ptr,
     K,
     stride_xm,
     stride_qm,
+    SYMMETRIC: tl.constexpr,
     BLOCK_K: tl.constexpr,
     TINY: tl.constexpr,
+    MIN_BOUND: tl.constexpr,
     MAGIC: tl.constexpr,
 ):
+    """One row per program: its range, then its values (quantize_activation's arithmetic)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_K)
-    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    high = tl.zeros((BLOCK_K,), dtype=tl.float32)  # starting at 0 includes 0 in the range
+    low = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + cols
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.max(amax, axis=0) / 127.0, TINY)
+        if SYMMETRIC:
+            high = tl.maximum(high, tl.abs(x))
+        else:
+            high = tl.maximum(high, x)
+            low = tl.minimum(low, x)
+    if SYMMETRIC:
+        # torch computes 127 / bound as reciprocal(bound) * 127: two roundings, kept here
+        bound = tl.maximum(tl.max(high, axis=0), MIN_BOUND)
+        multiplier = tl.math.div_rn(1.0, bound) * 127.0
+        scale = tl.math.div_rn(bound, 127.0)
+        zero_point = 0.0
+        qmin = -127.0
+    else:
+        multiplier = 1.0
+        # high / 255 - low / 255: the difference itself could overflow near float32's limit
+        scale = tl.math.div_rn(tl.max(high, axis=0), 255.0)
+        scale = tl.maximum(scale - tl.math.div_rn(tl.min(low, axis=0), 255.0), TINY)
+        start = tl.math.div_rn(tl.min(low, axis=0), scale)
+        zero_point = -128.0 - ((start + MAGIC) - MAGIC)
+        zero_point = tl.minimum(tl.maximum(zero_point, -128.0), 127.0)
+        qmin = -128.0
+        tl.store(zero_point_ptr + row, zero_point.to(tl.int32))
     tl.store(scale_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + cols
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-        v = tl.math.div_rn(x, scale)
-        v = (v + MAGIC) - MAGIC
-        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        if SYMMETRIC:  # noqa: SIM108 (a constexpr branch: triton compiles only one side)
+            v = x * multiplier
+        else:
+            v = tl.math.div_rn(x, scale)
+        v = (v + MAGIC) - MAGIC + zero_point
+        v = tl.minimum(tl.maximum(v, qmin), 127.0)
         tl.store(q_ptr + row * stride_qm + offs, v.to(tl.int8), mask=offs < K)
 
 
@@ -76,6 +107,8 @@ def _int8_linear_kernel(
     a_scale_ptr,
     b_scale_ptr,
     bias_ptr,
+    a_zero_ptr,
+    b_sum_ptr,
     M,
     N,
     K,
@@ -87,6 +120,7 @@ def _int8_linear_kernel(
     stride_cm,
     stride_cn,
     QUANT_A: tl.constexpr,
+    HAS_ZERO: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -94,7 +128,8 @@ def _int8_linear_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    """C = A @ B^T with B int8 [N, K]. QUANT_A: A is int8 with per-row scales (int32 accumulate);
+    """C = A @ B^T with B int8 [N, K]. QUANT_A: A is int8 with per-row scales (int32 accumulate),
+    and with HAS_ZERO per-row zero points: sum_k (a - z) b = sum_k a b - z sum_k b, in int32;
     otherwise A is float and B is converted to A's dtype in registers (fp32 accumulate)."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -132,6 +167,10 @@ def _int8_linear_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
+    if HAS_ZERO:
+        a_zero = tl.load(a_zero_ptr + rm)
+        b_sum = tl.load(b_sum_ptr + rn)
+        acc = acc - a_zero[:, None] * b_sum[None, :]
     out = acc.to(tl.float32)
     if QUANT_A:
         a_scale = tl.load(a_scale_ptr + rm)
@@ -153,10 +192,13 @@ def _rescale_kernel(
     a_scale_ptr,
     b_scale_ptr,
     bias_ptr,
+    a_zero_ptr,
+    b_sum_ptr,
     M,
     N,
     stride_am,
     stride_cm,
+    HAS_ZERO: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -164,8 +206,14 @@ def _rescale_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = cols < N
-    acc = tl.load(acc_ptr + row * stride_am + cols, mask=mask, other=0).to(tl.float32)
-    out = acc * tl.load(a_scale_ptr + row) * tl.load(b_scale_ptr + cols, mask=mask, other=0.0)
+    acc = tl.load(acc_ptr + row * stride_am + cols, mask=mask, other=0)
+    if HAS_ZERO:
+        acc = acc - tl.load(a_zero_ptr + row) * tl.load(b_sum_ptr + cols, mask=mask, other=0)
+    out = (
+        acc.to(tl.float32)
+        * tl.load(a_scale_ptr + row)
+        * tl.load(b_scale_ptr + cols, mask=mask, other=0.0)
+    )
     if HAS_BIAS:
         out = out + tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(c_ptr + row * stride_cm + cols, out.to(c_ptr.dtype.element_ty), mask=mask)
@@ -213,43 +261,64 @@ def _grid(m: int, n: int) -> Any:
     return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
 
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 values [M, K] and float32 per-row scales [M] of a 2-D input (last dim contiguous)."""
+class RowQuantized(NamedTuple):
+    """Per-token int8 activations: values [M, K], float32 scales [M], int32 zero points [M] or
+    None (symmetric)."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+
+
+def quantize_rows(x: torch.Tensor, symmetric: bool = True) -> RowQuantized:
+    """Quantize a 2-D input (last dim contiguous) per row, 8 bits, in one launch."""
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x.device)
+    zero_point = None if symmetric else torch.empty((m,), dtype=torch.int32, device=x.device)
     if m == 0:
-        return q, scale
+        return RowQuantized(q, scale, zero_point)
     block_k = min(triton.next_power_of_2(k), 4096)
     _quantize_rows_kernel[(m,)](
         x,
         q,
         scale,
+        scale if zero_point is None else zero_point,  # unused when symmetric
         k,
         x.stride(0),
         q.stride(0),
+        SYMMETRIC=symmetric,
         BLOCK_K=block_k,
         TINY=_TINY,
+        MIN_BOUND=MIN_ACTIVATION_BOUND,
         MAGIC=_ROUND_MAGIC,
         num_warps=8 if block_k >= 2048 else 4,
     )
-    return q, scale
+    return RowQuantized(q, scale, zero_point)
+
+
+def weight_sums(weight: torch.Tensor) -> torch.Tensor:
+    """sum_k w[n, k] as int32: what the zero-point term of asymmetric activations needs."""
+    return weight.sum(1, dtype=torch.int32)
 
 
 def _launch_gemm(
-    a: torch.Tensor,
-    a_scale: torch.Tensor | None,
+    a: torch.Tensor | RowQuantized,
     weight: torch.Tensor,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: Any | None,
+    sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``config`` (one of LARGE_CONFIGS/SMALL_CONFIGS) bypasses autotuning: tests under the
-    interpreter check every config the autotuner may pick."""
-    m, k = a.shape
+    """``a`` is a float input (weight-only path) or quantized rows; ``sums`` (weight_sums) is
+    needed when the rows have zero points. ``config`` (one of LARGE_CONFIGS/SMALL_CONFIGS)
+    bypasses autotuning: tests under the interpreter check every config the autotuner may pick."""
+    quantized = a if isinstance(a, RowQuantized) else None
+    values = a.values if isinstance(a, RowQuantized) else a
+    m, k = values.shape
     n = weight.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    out = torch.empty((m, n), dtype=out_dtype, device=values.device)
     if m == 0:
         return out
     kernel = _small_gemm if m <= SMALL_M else _large_gemm
@@ -259,27 +328,32 @@ def _launch_gemm(
     if config is not None:
         kernel = _int8_linear_kernel
         meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    quant_a = a_scale is not None
+    has_zero = quantized is not None and quantized.zero_point is not None
+    if has_zero and sums is None:
+        sums = weight_sums(weight)
     kernel[_grid(m, n)](
-        a,
+        values,
         weight,
         out,
-        a_scale if quant_a else weight_scale,  # unused when not QUANT_A
+        quantized.scale if quantized is not None else weight_scale,  # unused when not QUANT_A
         weight_scale,
         bias if bias is not None else weight_scale,  # unused without HAS_BIAS
+        quantized.zero_point if has_zero else weight_scale,  # type: ignore[union-attr]
+        sums if has_zero else weight_scale,  # unused without HAS_ZERO
         m,
         n,
         k,
         _bucket(m),
-        a.stride(0),
-        a.stride(1),
+        values.stride(0),
+        values.stride(1),
         weight.stride(0),
         weight.stride(1),
         out.stride(0),
         out.stride(1),
-        QUANT_A=quant_a,
+        QUANT_A=quantized is not None,
+        HAS_ZERO=has_zero,
         HAS_BIAS=bias is not None,
-        IEEE=a.dtype == torch.float32,
+        IEEE=values.dtype == torch.float32,
         **meta,
     )
     return out
@@ -291,33 +365,47 @@ def int8_linear_quantized(
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
     config: Any | None = None,
+    symmetric: bool = True,
+    sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token int8 activations x per-channel int8 weights: fused quantize, then one GEMM with
-    the rescale and bias in its epilogue. ``x`` is 2-D [M, K]; the result has ``x``'s dtype."""
-    q, scale = quantize_rows(x)
-    return _launch_gemm(q, scale, weight, weight_scale, bias, x.dtype, config)
+    """Per-token int8 activations (symmetric, or asymmetric with zero points) x per-channel int8
+    weights: fused quantize, then one GEMM with the zero-point term, rescale and bias in its
+    epilogue. ``x`` is 2-D [M, K]; the result has ``x``'s dtype."""
+    rows = quantize_rows(x, symmetric)
+    return _launch_gemm(rows, weight, weight_scale, bias, x.dtype, config, sums)
 
 
 def int8_linear_int_mm(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    symmetric: bool = True,
+    sums: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same result through cuBLAS's int8 GEMM (torch._int_mm, M > 16) and a fused rescale:
     one more pass over an int32 [M, N] buffer, but cuBLAS's GEMM. Kept to compare on hardware."""
-    q, scale = quantize_rows(x)
-    acc = torch._int_mm(q, weight.t())
+    rows = quantize_rows(x, symmetric)
+    acc = torch._int_mm(rows.values, weight.t())
     m, n = acc.shape
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    has_zero = rows.zero_point is not None
+    if has_zero and sums is None:
+        sums = weight_sums(weight)
     block_n = 1024
     _rescale_kernel[(m, triton.cdiv(n, block_n))](
         acc,
         out,
-        scale,
+        rows.scale,
         weight_scale,
         bias if bias is not None else weight_scale,
+        rows.zero_point if has_zero else weight_scale,
+        sums if has_zero else weight_scale,
         m,
         n,
         acc.stride(0),
         out.stride(0),
+        HAS_ZERO=has_zero,
         HAS_BIAS=bias is not None,
         BLOCK_N=block_n,
         num_warps=4,
@@ -333,7 +421,7 @@ def int8_linear_weight_only(
     config: Any | None = None,
 ) -> torch.Tensor:
     """Float input times int8 weights dequantized in registers (no activation quantization)."""
-    return _launch_gemm(x, None, weight, weight_scale, bias, x.dtype, config)
+    return _launch_gemm(x, weight, weight_scale, bias, x.dtype, config)
 
 
 def supported_input(x: torch.Tensor) -> bool:

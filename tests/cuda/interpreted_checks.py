@@ -27,7 +27,10 @@ from quantcore import ActivationSpec, Granularity, KernelRequest, QuantizedWeigh
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
-PER_TOKEN = ActivationSpec(Granularity.PER_TOKEN, symmetric=True)
+# 8 bits spelled out: on a CPU without VNNI the reference would otherwise use 7 (CUDA uses 8).
+PER_TOKEN = ActivationSpec(Granularity.PER_TOKEN, symmetric=True, bits=8)
+ASYMMETRIC = ActivationSpec(Granularity.PER_TOKEN, symmetric=False, bits=8)
+SPECS = {True: PER_TOKEN, False: ASYMMETRIC}
 WEIGHT_SPEC = WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0)
 
 
@@ -42,55 +45,80 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def _check_rows(x: torch.Tensor, symmetric: bool) -> None:
+    values, scale, zero_point = tk.quantize_rows(x, symmetric)
+    q_ref, scale_ref, zero_ref = quantize_activation(x, SPECS[symmetric])
+    assert torch.equal(scale, scale_ref.reshape(-1)), (x.dtype, x.shape, symmetric)
+    assert torch.equal(values, q_ref), (x.dtype, x.shape, (values.int() - q_ref.int()).abs().max())
+    if symmetric:
+        assert zero_point is None and zero_ref is None
+    else:
+        assert zero_point is not None and zero_ref is not None
+        assert zero_point.dtype == torch.int32
+        assert torch.equal(zero_point, zero_ref.reshape(-1).to(torch.int32)), x.shape
+
+
 def case_quantize_rows() -> dict[str, object]:
-    """Bit-exact against quantize_activation: values, scales, ties to even, zero rows, long rows."""
+    """Bit-exact against quantize_activation, symmetric and asymmetric: values, scales, zero
+    points, ties to even, zero rows, one-signed rows, long rows, strided rows."""
     gen = torch.Generator().manual_seed(0)
     checked = 0
-    for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for m, k in ((1, 8), (7, 200), (3, 4096), (2, 5000)):
-            x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
-            x[0, :3] = 0  # a few zeros
-            if m > 2:
-                x[1] = 0  # an all-zero row: the smallest normal scale, all-zero values
-            q, scale = tk.quantize_rows(x)
-            q_ref, scale_ref, _ = quantize_activation(x, PER_TOKEN)
-            assert torch.equal(scale, scale_ref.reshape(-1)), (dtype, m, k)
-            assert torch.equal(q, q_ref), (dtype, m, k, (q.int() - q_ref.int()).abs().max())
-            checked += 1
+    for symmetric in (True, False):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for m, k in ((1, 8), (7, 200), (3, 4096), (2, 5000)):
+                x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
+                x[0, :3] = 0  # a few zeros
+                if m > 2:
+                    x[1] = 0  # an all-zero row: the smallest normal scale, all-zero values
+                if m > 3:
+                    x[2] = x[2].abs() + 0.5  # all positive: zero point at qmin
+                    x[3] = -x[3].abs()  # all negative: zero point at qmax
+                _check_rows(x, symmetric)
+                checked += 1
+        # a strided input (a column slice of a wider tensor): rows are read with their own stride
+        wide = torch.randn(5, 64, generator=gen)
+        _check_rows(wide[:, :40], symmetric)
+        checked += 1
     # ties: row maximum 127 gives scale 1, so x.5 values must round to even as torch.round does
     x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5]])
-    q, scale = tk.quantize_rows(x)
+    values, scale, _ = tk.quantize_rows(x)
     assert float(scale) == 1.0
-    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126]], q.tolist()
-    # a strided input (a column slice of a wider tensor): rows are read with their own stride
-    wide = torch.randn(5, 64, generator=gen)
-    q, _ = tk.quantize_rows(wide[:, :40])
-    assert torch.equal(q, quantize_activation(wide[:, :40], PER_TOKEN)[0])
+    assert values.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126]], values.tolist()
+    # asymmetric ties: range [-127.5, 127.5] gives scale 1 and zero point 0 (-128 - round(-127.5))
+    x = torch.tensor([[-127.5, 127.5, 0.5, 1.5, -2.5, 3.0]])
+    values, scale, zero_point = tk.quantize_rows(x, symmetric=False)
+    assert float(scale) == 1.0 and zero_point is not None and int(zero_point) == 0
+    assert values.tolist() == [[-128, 127, 0, 2, -2, 3]], values.tolist()
+    _check_rows(x, symmetric=False)
     return {"checked": checked + 2}
 
 
 def _quantized_reference(
-    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None
+    x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, symmetric: bool = True
 ) -> torch.Tensor:
-    request = KernelRequest("linear", weight, bias, PER_TOKEN, torch.device("cpu"))
+    request = KernelRequest("linear", weight, bias, SPECS[symmetric], torch.device("cpu"))
     return prepare_reference_linear(request)(x)
 
 
 def case_int8_gemm() -> dict[str, object]:
-    """Every autotuning config of the int8 GEMM (ragged M, N, K; with and without bias) against
-    the reference kernel (fake-quantized input times dequantized weight)."""
+    """Every autotuning config of the int8 GEMM (ragged M, N, K; with and without bias; with and
+    without zero points) against the reference kernel (fake-quantized input times dequantized
+    weight)."""
     gen = torch.Generator().manual_seed(1)
     worst = 0.0
     checked = 0
     for config in tk.LARGE_CONFIGS:
         for m, n, k, with_bias in ((40, 72, 200, True), (17, 24, 64, False), (130, 136, 264, True)):
-            w = _weight(n, k, gen)
-            bias = torch.randn(n, generator=gen) if with_bias else None
-            x = torch.randn(m, k, generator=gen)
-            assert w.scale is not None
-            out = tk.int8_linear_quantized(x, w.data, w.scale, bias, config=config)
-            worst = max(worst, _rel(out, _quantized_reference(x, w, bias)))
-            checked += 1
+            for symmetric in (True, False):
+                w = _weight(n, k, gen)
+                bias = torch.randn(n, generator=gen) if with_bias else None
+                x = torch.randn(m, k, generator=gen) + (0.0 if symmetric else 0.7)
+                assert w.scale is not None
+                out = tk.int8_linear_quantized(
+                    x, w.data, w.scale, bias, config=config, symmetric=symmetric
+                )
+                worst = max(worst, _rel(out, _quantized_reference(x, w, bias, symmetric)))
+                checked += 1
     assert worst < 1e-5, worst
     return {"checked": checked, "max_rel_error": worst}
 
@@ -119,11 +147,12 @@ def case_weight_only() -> dict[str, object]:
 
 def _prepared(
     prepare: Callable[[KernelRequest], Callable[[torch.Tensor], torch.Tensor]],
+    activation: ActivationSpec = PER_TOKEN,
 ) -> dict[str, object]:
     gen = torch.Generator().manual_seed(3)
     w = _weight(48, 64, gen)
     bias = torch.randn(48, generator=gen)
-    request = KernelRequest("linear", w, bias, PER_TOKEN, torch.device("cpu"))
+    request = KernelRequest("linear", w, bias, activation, torch.device("cpu"))
     run = prepare(request)
     reference = prepare_reference_linear(request)
     errors = {}
@@ -148,9 +177,10 @@ def _prepared(
     calls = []
     quantize_rows = tk.quantize_rows
 
-    def counting(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def counting(x: torch.Tensor, symmetric: bool = True) -> tk.RowQuantized:
         calls.append(x.shape)
-        return quantize_rows(x)
+        assert symmetric == activation.symmetric
+        return quantize_rows(x, symmetric)
 
     tk.quantize_rows = counting
     try:
@@ -173,6 +203,15 @@ def case_prepared_triton() -> dict[str, object]:
 def case_prepared_int_mm() -> dict[str, object]:
     """The torch._int_mm variant (the CPU build has _int_mm) with the Triton rescale kernel."""
     return _prepared(lambda r: kernels_cuda.prepare_triton_linear(r, gemm="int_mm"))
+
+
+def case_prepared_triton_asymmetric() -> dict[str, object]:
+    """The int8 default for linear layers: per-token activations with zero points."""
+    return _prepared(kernels_cuda.prepare_triton_linear, ASYMMETRIC)
+
+
+def case_prepared_int_mm_asymmetric() -> dict[str, object]:
+    return _prepared(lambda r: kernels_cuda.prepare_triton_linear(r, gemm="int_mm"), ASYMMETRIC)
 
 
 CASES = {

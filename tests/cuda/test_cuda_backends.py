@@ -92,8 +92,8 @@ def test_supports_answers_for_a_cuda_request_without_a_gpu() -> None:
     assert not int8_cuda.supports_int_mm(_request(ragged, CUDA))  # _int_mm needs multiples of 8
     per_tensor = ActivationSpec(Granularity.PER_TENSOR, symmetric=True)
     assert not int8_cuda.supports_cuda_linear(_request(weight, CUDA, activation=per_tensor))
-    asymmetric = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
-    assert not int8_cuda.supports_cuda_linear(_request(weight, CUDA, activation=asymmetric))
+    seven_bits = ActivationSpec(Granularity.PER_TOKEN, symmetric=False, bits=7)
+    assert not int8_cuda.supports_cuda_linear(_request(weight, CUDA, activation=seven_bits))
     assert not int8_cuda.supports_cuda_linear(_request(weight, CUDA, activation=None))
     with_zero_point = dataclasses.replace(weight, zero_point=torch.zeros(32, dtype=torch.int32))
     assert not int8_cuda.supports_cuda_linear(_request(with_zero_point, CUDA))
@@ -231,15 +231,21 @@ def test_cuda_model_quantizes_on_the_gpu_and_follows_to(dtype: str) -> None:
     assert q(x.cpu()).device.type == "cpu"
 
 
-def test_asymmetric_activations_go_to_the_eager_int_mm_path() -> None:
-    """The int8 default for linear layers is per-token asymmetric: the Triton kernel (symmetric
-    only) declines it, the _int_mm path takes it with its zero-point correction."""
+def test_asymmetric_activations_take_the_fused_triton_path() -> None:
+    """The int8 default for linear layers is per-token asymmetric: the Triton kernel takes it
+    (zero-point term in its epilogue), as does the eager _int_mm path; the int32 bound on K is
+    halved, since q - zero_point spans 255 values."""
     torch.manual_seed(0)
     weight = quantize_weight(torch.randn(64, 64), INT8_SPEC, _minmax())
-    cuda = torch.device("cuda")
     asymmetric = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
-    request = KernelRequest("linear", weight, None, asymmetric, cuda)
-    assert not int8_cuda.supports_cuda_linear(request)
+    request = KernelRequest("linear", weight, None, asymmetric, CUDA)
+    assert int8_cuda.supports_cuda_linear(request)
     assert int8_cuda.supports_int_mm(request)
     seven_bits = ActivationSpec(Granularity.PER_TOKEN, symmetric=False, bits=7)
-    assert not int8_cuda.supports_int_mm(KernelRequest("linear", weight, None, seven_bits, cuda))
+    assert not int8_cuda.supports_int_mm(KernelRequest("linear", weight, None, seven_bits, CUDA))
+    k = int8_cuda.MAX_K_ASYMMETRIC + 8
+    long_rows = QuantizedWeight(
+        "int8", torch.zeros(8, k, dtype=torch.int8), scale=torch.ones(8), spec=INT8_SPEC
+    )
+    assert int8_cuda.supports_cuda_linear(_request(long_rows, CUDA))  # symmetric: fits
+    assert not int8_cuda.supports_cuda_linear(_request(long_rows, CUDA, activation=asymmetric))
