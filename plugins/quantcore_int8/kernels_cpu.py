@@ -86,12 +86,29 @@ def _onednn_prepack(wq: torch.Tensor) -> torch.Tensor:
 
 
 def _onednn_gemm(
-    xu8: torch.Tensor, zero_point: int, packed: torch.Tensor, scales: torch.Tensor
+    xu8: torch.Tensor,
+    zero_point: int,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    weight_zeros: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_k (xu8 - zero_point) * w * scale[n], in float32."""
-    zeros = torch.zeros(scales.shape[0], dtype=torch.long)
+    if weight_zeros is None:
+        weight_zeros = torch.zeros(scales.shape[0], dtype=torch.long)
     out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-        xu8, 1.0, zero_point, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        xu8,
+        1.0,
+        zero_point,
+        packed,
+        scales,
+        weight_zeros,
+        None,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
     )
     return out
 
@@ -106,17 +123,25 @@ _SPARE_ROWS = 2  # rows after the input that pin the fbgemm kernel's min and max
 
 
 def _fbgemm_gemm(
-    q: torch.Tensor, zero_point: int, wq: torch.Tensor, packed: torch.Tensor, colsum: torch.Tensor
+    q: torch.Tensor,
+    zero_point: int,
+    wq: torch.Tensor,
+    packed: torch.Tensor,
+    colsum: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_k q * w (exact integers, as float32) for ``q`` holding integer values in
-    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here."""
+    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here.
+    ``bias`` (float32 zeros [N] unless the caller wants one added) can be passed to save a
+    new tensor per call."""
     q[-_SPARE_ROWS:].zero_()
     q[-2, 0] = -zero_point
     q[-1, 0] = 255 - zero_point
-    zeros = torch.zeros(wq.shape[0], dtype=torch.float32)
+    if bias is None:
+        bias = torch.zeros(wq.shape[0], dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = torch.fbgemm_linear_int8_weight_fp32_activation(q, wq, packed, colsum, 1.0, 0, zeros)
+        out = torch.fbgemm_linear_int8_weight_fp32_activation(q, wq, packed, colsum, 1.0, 0, bias)
     return out[:-_SPARE_ROWS]
 
 
@@ -239,7 +264,11 @@ class _Int8Linear:
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
         self.uint8_max = max(2 * self.qmax + 1, self.qmax - self.qmin)  # largest GEMM input
         # asymmetric tokens: sum_k (q - zp_t) w = sum_k u w - (zp_t - qmin) sum_k w, u = q - qmin
-        self.weight_sums = self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales
+        self.weight_sums = (self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales)[None]
+        self.zeros = {  # the GEMMs' zero arguments, made once
+            "onednn": torch.zeros(self.out_features, dtype=torch.long),
+            "fbgemm": torch.zeros(self.out_features, dtype=torch.float32),
+        }
         self.fbgemm_up_to = fbgemm_up_to
         self.packed: dict[str, torch.Tensor] = {}
         self.request, self.bits = request, bits
@@ -258,12 +287,15 @@ class _Int8Linear:
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
-        return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales)
+        return _onednn_gemm(
+            xu8, zero_point, self._packed("onednn"), self.scales, self.zeros["onednn"]
+        )
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         packed = self._packed("fbgemm")
-        gemm = _fbgemm_gemm(q, zero_point, self.wq, packed, self.packed["colsum"])
+        colsum = self.packed["colsum"]
+        gemm = _fbgemm_gemm(q, zero_point, self.wq, packed, colsum, self.zeros["fbgemm"])
         return gemm.mul_(self.scales)
 
     def _input_buffer(self, tokens: int) -> torch.Tensor | None:
@@ -296,7 +328,7 @@ class _Int8Linear:
         out = None if buffer is None else buffer[: x2.shape[0]]
         unsigned = torch.div(x2, token_scale, out=out).round_().add_(unsigned_zero)
         y = self._gemm(unsigned.clamp_(0, steps), buffer, 0).mul_(token_scale)
-        y.addcmul_(token_scale.mul_(unsigned_zero), self.weight_sums.unsqueeze(0), value=-1)
+        y.addcmul_(token_scale.mul_(unsigned_zero), self.weight_sums, value=-1)
         return y if self.bias is None else y.add_(self.bias)
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
