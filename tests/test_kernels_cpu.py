@@ -282,3 +282,47 @@ def test_uint8_conversion_keeps_every_value(high: int) -> None:
     got = int8_cpu._to_uint8(values, high)
     assert got.dtype == torch.uint8
     assert torch.equal(got.to(torch.int32), values.to(torch.int32))
+
+
+@pytest.mark.parametrize("name", ["int8-linear-fbgemm+onednn", "int8-linear-fbgemm"])
+def test_one_asymmetric_token_goes_to_fbgemm_raw(
+    plugin_manager: quantcore.QuantcorePluginManager,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    """Decoding: a single token is handed to fbgemm unquantized (its per-tensor quantization of
+    one row is per-token quantization), in one call; its own rounding of scale and zero point
+    keeps outputs within 2e-3 of the reference. Two tokens take the exact pinned-rows path."""
+    registry = plugin_manager.registry()
+    backend = _backend(registry, name)
+    request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip(f"{name} is not available on this machine")
+    calls: list[tuple[tuple[int, ...], bool]] = []
+    linear = int8_cpu._fbgemm_linear
+
+    def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
+        calls.append((tuple(x.shape), reduce_range))
+        return linear(x, packed, reduce_range)
+
+    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
+    kernel = backend.prepare(request)
+    reference = _backend(registry, "int8-linear-reference").prepare(request)
+    bits = int8_cpu.activation_bits(request.activation, CPU)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    worst = 0.0
+    for scale in (0.05, 1.0, 30.0):
+        for _ in range(10):
+            x = torch.randn(1, 1, 96) * scale + 0.3 * scale
+            expected = reference(x)
+            got = kernel(x)
+            assert got.shape == expected.shape == (1, 1, 48)
+            worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
+    assert worst < 2e-3, worst
+    assert calls == [((1, 96), bits == 7)] * 30
+    calls.clear()
+    x = torch.randn(2, 96)
+    assert torch.allclose(
+        kernel(x), reference(x), rtol=1e-5, atol=1e-5 * float(reference(x).abs().max())
+    )
+    assert calls == [((2 + int8_cpu._SPARE_ROWS, 96), False)]

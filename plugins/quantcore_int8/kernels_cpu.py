@@ -1,9 +1,12 @@
 """Fast int8 linear kernels for x86 CPUs, on torch's own int8 GEMMs (no quantized dtypes).
 
-Both kernels compute exactly what the reference computes: per-token symmetric activations
-``q = round(x * (qmax / max|x|))`` times the stored int8 weights, accumulated in int32, then
-scaled per token and per output channel. The activations are handed to the GEMM as
-``uint8 = q + zero_point`` because the u8 x s8 form is the fast one.
+Both kernels compute exactly what the reference computes: per-token activations (symmetric,
+or asymmetric with a zero point per token), rounded as ``quantize_activation`` rounds them,
+times the stored int8 weights, accumulated in int32, then scaled per token and per output
+channel. The activations are handed to the GEMM as unsigned integers with scale 1, because the
+u8 x s8 form is the fast one. One exception, for speed where it matters most (decoding): a
+single asymmetric token goes to fbgemm raw, and fbgemm's own rounding of its scale and zero
+point may move some integers by one step.
 
 Width of the activations: without AVX512-VNNI (or AMX), x86 int8 GEMMs add pairs of u8 x s8
 products in saturating int16, so 8-bit activations times 8-bit weights can overflow. A one-off
@@ -14,10 +17,12 @@ backend uses the same width (:func:`activation_bits`), so the fast path stays ex
 * oneDNN (``torch.ops.onednn.qlinear_prepack`` / ``qlinear_pointwise``): no deprecation, the
   default for many tokens. Inductor cannot lower it outside its own freezing flow, so the call
   is kept out of ``torch.compile`` graphs (the quantization around it still compiles).
-* fbgemm (``torch.fbgemm_linear_int8_weight_fp32_activation``): deprecated, so an optional
-  backend with its warnings hidden; faster for a few tokens (decoding). The op quantizes its
-  input per tensor from the input's min/max, so one extra row pinning min and max makes its
-  scale exactly 1 and its zero point ours: the already-rounded values pass through unchanged.
+* fbgemm (``torch.ops.quantized.linear_dynamic``, weights packed from a transient quantized
+  tensor): deprecated, so an optional backend with its warnings hidden; faster for a few tokens
+  (decoding). The op quantizes its input per tensor from the input's min/max, so two extra rows
+  pinning min and max make its scale exactly 1 and its zero point ours: the already-rounded
+  values pass through unchanged. For one token, per tensor is per token, so the raw token goes
+  in (one call instead of about thirty small ops around it).
 
 Weights are packed lazily on the first call: quantizing a model (or loading one to save it
 again) never pays for packing, and the packed copy is never pickled.
@@ -68,13 +73,14 @@ def onednn_available() -> bool:
 
 
 def fbgemm_available() -> bool:
-    """Whether this torch build still has fbgemm's (deprecated) int8 linear ops."""
-    names = (
-        "fbgemm_linear_int8_weight_fp32_activation",
-        "fbgemm_pack_quantized_matrix",
-    )
+    """Whether this torch build still has fbgemm's (deprecated) dynamic int8 linear ops."""
     engines = torch.backends.quantized.supported_engines
-    return all(hasattr(torch, n) for n in names) and ("fbgemm" in engines or "x86" in engines)
+    return (
+        _op("quantized", "linear_dynamic") is not None
+        and _op("quantized", "linear_prepack") is not None
+        and hasattr(torch, "_make_per_channel_quantized_tensor")
+        and ("fbgemm" in engines or "x86" in engines)
+    )
 
 
 def fbgemm_and_onednn_available() -> bool:
@@ -113,36 +119,33 @@ def _onednn_gemm(
     return out
 
 
-def _fbgemm_pack(wq: torch.Tensor) -> torch.Tensor:
+def _fbgemm_pack(wq: torch.Tensor, scales: torch.Tensor) -> Any:
+    """fbgemm's packed weight (per-channel scales folded into its output stage). Packing needs a
+    quantized tensor: it exists only for this call, with its deprecation warnings hidden."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.fbgemm_pack_quantized_matrix(wq)
+        zeros = torch.zeros(wq.shape[0], dtype=torch.long)
+        qweight = torch._make_per_channel_quantized_tensor(wq, scales.double(), zeros, 0)
+        return torch.ops.quantized.linear_prepack(qweight, None)
+
+
+def _fbgemm_linear(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+    return out
 
 
 _SPARE_ROWS = 2  # rows after the input that pin the fbgemm kernel's min and max
 
 
-def _fbgemm_gemm(
-    q: torch.Tensor,
-    zero_point: int,
-    wq: torch.Tensor,
-    packed: torch.Tensor,
-    colsum: torch.Tensor,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """sum_k q * w (exact integers, as float32) for ``q`` holding integer values in
-    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here.
-    ``bias`` (float32 zeros [N] unless the caller wants one added) can be passed to save a
-    new tensor per call."""
+def _fbgemm_gemm(q: torch.Tensor, zero_point: int, packed: Any) -> torch.Tensor:
+    """sum_k q * w * scale[n] (exact integer sums) for ``q`` holding integer values in
+    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here."""
     q[-_SPARE_ROWS:].zero_()
     q[-2, 0] = -zero_point
     q[-1, 0] = 255 - zero_point
-    if bias is None:
-        bias = torch.zeros(wq.shape[0], dtype=torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = torch.fbgemm_linear_int8_weight_fp32_activation(q, wq, packed, colsum, 1.0, 0, bias)
-    return out[:-_SPARE_ROWS]
+    return _fbgemm_linear(q, packed, False)[:-_SPARE_ROWS]
 
 
 @functools.cache
@@ -169,7 +172,7 @@ def fbgemm_int8_exact() -> bool:
     wq = torch.full((4, k), 127, dtype=torch.int8)
     try:
         q = torch.full((2 + _SPARE_ROWS, k), 127.0)
-        y = _fbgemm_gemm(q, 128, wq, _fbgemm_pack(wq), wq.sum(1, dtype=torch.int32))
+        y = _fbgemm_gemm(q, 128, _fbgemm_pack(wq, torch.ones(4)))
     except RuntimeError:
         return False
     return float(y[0, 0]) == 127 * 127 * k
@@ -265,38 +268,41 @@ class _Int8Linear:
         self.uint8_max = max(2 * self.qmax + 1, self.qmax - self.qmin)  # largest GEMM input
         # asymmetric tokens: sum_k (q - zp_t) w = sum_k u w - (zp_t - qmin) sum_k w, u = q - qmin
         self.weight_sums = (self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales)[None]
-        self.zeros = {  # the GEMMs' zero arguments, made once
-            "onednn": torch.zeros(self.out_features, dtype=torch.long),
-            "fbgemm": torch.zeros(self.out_features, dtype=torch.float32),
-        }
+        self.weight_zeros = torch.zeros(self.out_features, dtype=torch.long)  # oneDNN's argument
         self.fbgemm_up_to = fbgemm_up_to
-        self.packed: dict[str, torch.Tensor] = {}
+        # One token, asymmetric, 7 or 8 bits: fbgemm's own per-tensor quantization of that token
+        # is per-token quantization (reduce_range: 7 bits), in one fused call.
+        self.fbgemm_single_token = (not self.symmetric) and bits in (7, 8) and fbgemm_up_to > 0
+        self.packed: dict[str, Any] = {}
         self.request, self.bits = request, bits
 
-    def _packed(self, kind: str) -> torch.Tensor:
+    def _packed(self, kind: str) -> Any:
         packed = self.packed.get(kind)
         if packed is None:
             if kind == "onednn":
                 packed = _onednn_prepack(self.wq)
             else:
-                packed = _fbgemm_pack(self.wq)
-                self.packed["colsum"] = self.wq.sum(1, dtype=torch.int32)
+                packed = _fbgemm_pack(self.wq, self.scales)
             self.packed[kind] = packed
         return packed
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
-        return _onednn_gemm(
-            xu8, zero_point, self._packed("onednn"), self.scales, self.zeros["onednn"]
-        )
+        return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
-        packed = self._packed("fbgemm")
-        colsum = self.packed["colsum"]
-        gemm = _fbgemm_gemm(q, zero_point, self.wq, packed, colsum, self.zeros["fbgemm"])
-        return gemm.mul_(self.scales)
+        return _fbgemm_gemm(q, zero_point, self._packed("fbgemm"))
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _single_token(self, x2: torch.Tensor) -> torch.Tensor:
+        """fbgemm quantizes the token itself: the same per-token asymmetric scheme, but its
+        scale and zero point are rounded its own way (double-precision range, zero point from
+        the nearer end, scales below 6.1e-5 raised to it, x * (1 / scale)), so some integers can
+        differ by one step from the reference's (outputs within about 1e-3 relative)."""
+        y = _fbgemm_linear(x2, self._packed("fbgemm"), self.bits == 7)
+        return y if self.bias is None else y.add_(self.bias)
 
     def _input_buffer(self, tokens: int) -> torch.Tensor | None:
         """Where the rounded activations go: fbgemm's input with its spare rows, or a new
@@ -350,6 +356,9 @@ class _Int8Linear:
         if tokens == 0:
             return x.new_zeros((*lead, self.out_features))
         if not self.symmetric:
+            if tokens == 1 and self.fbgemm_single_token:
+                y1: torch.Tensor = self._single_token(x2)
+                return y1.reshape(*lead, self.out_features).to(x.dtype)
             return self._asymmetric(x2).reshape(*lead, self.out_features).to(x.dtype)
         bound = x2.abs().amax(1, keepdim=True).clamp_min_(MIN_ACTIVATION_BOUND)
         buffer = self._input_buffer(tokens)
