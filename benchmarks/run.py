@@ -148,7 +148,8 @@ def _warm_up(manager: quantcore.QuantcorePluginManager) -> None:
 
 
 def build_variants(model: nn.Module, with_torchao: bool) -> list[Variant]:
-    """fp32, quantcore int8/fp16, torch.ao quantize_dynamic and torchao (if installed)."""
+    """fp32, quantcore int8/fp16, torch.ao quantize_dynamic (qint8 and float16) and torchao
+    (if installed)."""
     variants = [Variant("fp32", model, size=state_dict_bytes(model))]
     manager = quantcore.create_plugin_manager()
     _warm_up(manager)
@@ -175,20 +176,25 @@ def build_variants(model: nn.Module, with_torchao: bool) -> list[Variant]:
     try:
         from torch.ao.quantization import quantize_dynamic
 
-        with peak_extra_memory() as mem:
-            t0 = time.perf_counter()
-            ao = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-            elapsed = time.perf_counter() - t0
-        variants.append(
-            Variant(
-                "torch.ao dynamic",
-                ao,
-                quantize_s=elapsed,
-                peak_extra=mem["peak_extra"],
-                size=state_dict_bytes(ao),
-                kernels="quantized.linear_dynamic (per-tensor 7-bit activations); deep copy",
+        for name, dtype, kernel in (
+            ("torch.ao dynamic", torch.qint8, "per-tensor 7-bit activations"),
+            ("torch.ao fp16", torch.float16, "fp16 weights"),
+        ):
+            with peak_extra_memory() as mem:
+                t0 = time.perf_counter()
+                ao = quantize_dynamic(model, {nn.Linear}, dtype=dtype)
+                elapsed = time.perf_counter() - t0
+            variants.append(
+                Variant(
+                    name,
+                    ao,
+                    quantize_s=elapsed,
+                    peak_extra=mem["peak_extra"],
+                    size=state_dict_bytes(ao),
+                    kernels=f"quantized.linear_dynamic{'_fp16' if dtype == torch.float16 else ''}"
+                    f" ({kernel}); deep copy",
+                )
             )
-        )
     finally:
         ctx.__exit__(None, None, None)
     if with_torchao:
@@ -459,11 +465,13 @@ def print_table(title: str, rows: list[dict[str, Any]], timings: tuple[str, ...]
         print("| " + " | ".join(cells) + " |")
     ratios = {r["variant"]: r for r in rows}
     for t in timings:
-        if "quantcore int8" in ratios and "torch.ao dynamic" in ratios:
-            q, a = ratios["quantcore int8"][t], ratios["torch.ao dynamic"][t]
-            print(
-                f"\n{t}: quantcore int8 / torch.ao dynamic = {q[0] / a[0]:.2f} (median {q[1] / a[1]:.2f})"
-            )
+        for ours, theirs in (
+            ("quantcore int8", "torch.ao dynamic"),
+            ("quantcore fp16", "torch.ao fp16"),
+        ):
+            if ours in ratios and theirs in ratios:
+                q, a = ratios[ours][t], ratios[theirs][t]
+                print(f"\n{t}: {ours} / {theirs} = {q[0] / a[0]:.2f} (median {q[1] / a[1]:.2f})")
     print("\nkernels:")
     for row in rows:
         if row.get("kernels"):
