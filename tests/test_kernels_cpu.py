@@ -4,6 +4,7 @@ per CPU, fallback when a backend is missing, no deprecation warnings, pickling."
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import warnings
 
@@ -326,3 +327,62 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
         kernel(x), reference(x), rtol=1e-5, atol=1e-5 * float(reference(x).abs().max())
     )
     assert calls == [((2 + int8_cpu._SPARE_ROWS, 96), False)]
+
+
+@pytest.mark.parametrize("name", INT8_FAST)
+@pytest.mark.parametrize("tokens", [1, 3, 100])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_token_gives_its_own_row_non_finite_and_leaves_the_others(
+    plugin_manager: quantcore.QuantcorePluginManager,
+    name: str,
+    tokens: int,
+    symmetric: bool,
+    poison: float,
+) -> None:
+    """As the reference: a token holding NaN/Inf gets a non-finite scale, so its row is
+    non-finite; no kernel raises (fbgemm's own min/max check refuses NaN) and the other tokens
+    are untouched."""
+    registry = plugin_manager.registry()
+    backend = _backend(registry, name)
+    request = _request(
+        registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric)
+    )
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip(f"{name} is not available on this machine")
+    reference = _backend(registry, "int8-linear-reference").prepare(request)
+    x = torch.randn(tokens, 96)
+    x[0, 5] = poison
+    got = backend.prepare(request)(x)
+    expected = reference(x)
+    assert not bool(torch.isfinite(expected[0]).any())
+    assert not bool(torch.isfinite(got[0]).any())
+    if tokens > 1:
+        scale = float(expected[1:].abs().max())
+        assert torch.allclose(got[1:], expected[1:], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_a_near_constant_single_token_takes_the_exact_path(
+    plugin_manager: quantcore.QuantcorePluginManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fbgemm would raise a tiny scale to 6.1e-5 (coarser than the reference): such a token is
+    quantized by quantcore itself, exactly."""
+    registry = plugin_manager.registry()
+    backend = _backend(registry, "int8-linear-fbgemm+onednn")
+    request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip("fbgemm/oneDNN not available on this machine")
+    raw: list[bool] = []
+    linear = int8_cpu._fbgemm_linear
+
+    def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
+        raw.append(x.shape[0] == 1)
+        return linear(x, packed, reduce_range)
+
+    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
+    kernel = backend.prepare(request)
+    reference = _backend(registry, "int8-linear-reference").prepare(request)
+    x = (torch.rand(1, 96) - 0.5) * 1e-3  # range 1e-3 (0 included): scale about 8e-6 at 7 bits
+    expected = reference(x)
+    assert torch.allclose(kernel(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert raw == [False]  # the pinned-rows path: all rows of the buffer, not the raw token

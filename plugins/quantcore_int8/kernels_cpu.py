@@ -31,6 +31,7 @@ again) never pays for packing, and the packed copy is never pickled.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -137,11 +138,17 @@ def _fbgemm_linear(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Te
 
 
 _SPARE_ROWS = 2  # rows after the input that pin the fbgemm kernel's min and max
+# torch's ChooseQuantizationParams raises smaller scales to this; tokens whose range would need
+# one take the exact path instead of the single-token shortcut (with a factor 2 of margin).
+_FBGEMM_MIN_SCALE = 6.1e-5
 
 
 def _fbgemm_gemm(q: torch.Tensor, zero_point: int, packed: Any) -> torch.Tensor:
     """sum_k q * w * scale[n] (exact integer sums) for ``q`` holding integer values in
     [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here."""
+    # A token with NaN or Inf has a non-finite scale, so its output row is NaN/Inf whatever its
+    # integers are; fbgemm refuses NaN in its min/max, so those values go in as zeros.
+    q.nan_to_num_(0.0)
     q[-_SPARE_ROWS:].zero_()
     q[-2, 0] = -zero_point
     q[-1, 0] = 255 - zero_point
@@ -273,6 +280,7 @@ class _Int8Linear:
         # One token, asymmetric, 7 or 8 bits: fbgemm's own per-tensor quantization of that token
         # is per-token quantization (reduce_range: 7 bits), in one fused call.
         self.fbgemm_single_token = (not self.symmetric) and bits in (7, 8) and fbgemm_up_to > 0
+        self.min_single_token_span = 2 * _FBGEMM_MIN_SCALE * (self.qmax - self.qmin)
         self.packed: dict[str, Any] = {}
         self.request, self.bits = request, bits
 
@@ -294,6 +302,13 @@ class _Int8Linear:
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         return _fbgemm_gemm(q, zero_point, self._packed("fbgemm"))
+
+    def _single_token_fits(self, x2: torch.Tensor) -> bool:
+        """A finite token whose range fbgemm quantizes as the reference would (non-finite and
+        near-constant tokens take the exact path, which gives the reference's NaN/Inf rows)."""
+        low, high = torch.aminmax(x2)
+        span = max(float(high), 0.0) - min(float(low), 0.0)
+        return math.isfinite(span) and span >= self.min_single_token_span
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _single_token(self, x2: torch.Tensor) -> torch.Tensor:
@@ -356,7 +371,7 @@ class _Int8Linear:
         if tokens == 0:
             return x.new_zeros((*lead, self.out_features))
         if not self.symmetric:
-            if tokens == 1 and self.fbgemm_single_token:
+            if tokens == 1 and self.fbgemm_single_token and self._single_token_fits(x2):
                 y1: torch.Tensor = self._single_token(x2)
                 return y1.reshape(*lead, self.out_features).to(x.dtype)
             return self._asymmetric(x2).reshape(*lead, self.out_features).to(x.dtype)
