@@ -285,10 +285,24 @@ def test_uint8_conversion_keeps_every_value(high: int) -> None:
     assert torch.equal(got.to(torch.int32), values.to(torch.int32))
 
 
+@pytest.fixture
+def fbgemm_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], bool]]:
+    """(input shape, reduce_range) of every fbgemm GEMM call the test makes."""
+    calls: list[tuple[tuple[int, ...], bool]] = []
+    linear = int8_cpu._fbgemm_linear
+
+    def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
+        calls.append((tuple(x.shape), reduce_range))
+        return linear(x, packed, reduce_range)
+
+    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
+    return calls
+
+
 @pytest.mark.parametrize("name", ["int8-linear-fbgemm+onednn", "int8-linear-fbgemm"])
 def test_one_asymmetric_token_goes_to_fbgemm_raw(
     plugin_manager: quantcore.QuantcorePluginManager,
-    monkeypatch: pytest.MonkeyPatch,
+    fbgemm_calls: list[tuple[tuple[int, ...], bool]],
     name: str,
 ) -> None:
     """Decoding: a single token is handed to fbgemm unquantized (its per-tensor quantization of
@@ -299,14 +313,7 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
     request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
     if not (backend.is_available() and backend.supports(request)):
         pytest.skip(f"{name} is not available on this machine")
-    calls: list[tuple[tuple[int, ...], bool]] = []
-    linear = int8_cpu._fbgemm_linear
-
-    def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
-        calls.append((tuple(x.shape), reduce_range))
-        return linear(x, packed, reduce_range)
-
-    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
+    calls = fbgemm_calls
     kernel = backend.prepare(request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
     bits = int8_cpu.activation_bits(request.activation, CPU)  # type: ignore[arg-type]
@@ -363,7 +370,8 @@ def test_a_non_finite_token_gives_its_own_row_non_finite_and_leaves_the_others(
 
 
 def test_a_near_constant_single_token_takes_the_exact_path(
-    plugin_manager: quantcore.QuantcorePluginManager, monkeypatch: pytest.MonkeyPatch
+    plugin_manager: quantcore.QuantcorePluginManager,
+    fbgemm_calls: list[tuple[tuple[int, ...], bool]],
 ) -> None:
     """fbgemm would raise a tiny scale to 6.1e-5 (coarser than the reference): such a token is
     quantized by quantcore itself, exactly."""
@@ -372,17 +380,10 @@ def test_a_near_constant_single_token_takes_the_exact_path(
     request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
     if not (backend.is_available() and backend.supports(request)):
         pytest.skip("fbgemm/oneDNN not available on this machine")
-    raw: list[bool] = []
-    linear = int8_cpu._fbgemm_linear
-
-    def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
-        raw.append(x.shape[0] == 1)
-        return linear(x, packed, reduce_range)
-
-    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
     kernel = backend.prepare(request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
     x = (torch.rand(1, 96) - 0.5) * 1e-3  # range 1e-3 (0 included): scale about 8e-6 at 7 bits
     expected = reference(x)
     assert torch.allclose(kernel(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
-    assert raw == [False]  # the pinned-rows path: all rows of the buffer, not the raw token
+    # the pinned-rows path (the token plus its spare rows), not the raw token
+    assert fbgemm_calls == [((1 + int8_cpu._SPARE_ROWS, 96), False)]
