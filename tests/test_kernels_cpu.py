@@ -255,7 +255,7 @@ def test_torch_compile_of_a_quantized_model(
     _, quantized = _quantize_linear(plugin_manager, dtype)
     compiled = torch.compile(quantized)
     with torch.no_grad():
-        for tokens in (2, 1100):  # few-token and many-token kernels
+        for tokens in (1, 2, 1100):  # single-token, few-token and many-token kernels
             x = torch.randn(tokens, 64)
             assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
 
