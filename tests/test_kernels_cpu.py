@@ -53,6 +53,11 @@ def _backend(registry: quantcore.Registry, name: str) -> quantcore.KernelBackend
     return backend
 
 
+def _skip_unless_serves(backend: quantcore.KernelBackend, request: KernelRequest) -> None:
+    if not (backend.is_available() and backend.supports(request)):
+        pytest.skip(f"{backend.name} is not available on this machine")
+
+
 def _inputs(tokens: int, features: int) -> torch.Tensor:
     x = torch.randn(2, tokens, features)
     x[..., 3] *= 20  # an outlier channel, as transformer activations have
@@ -76,8 +81,7 @@ def test_int8_backend_computes_the_reference(
     backend = _backend(registry, name)
     activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric)
     request = _request(registry, bias=bias, per_tensor=per_tensor, activation=activation)
-    if not (backend.is_available() and backend.supports(request)):
-        pytest.skip(f"{name} is not available on this machine")
+    _skip_unless_serves(backend, request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
     x = _inputs(tokens, 96)
     expected = reference(x)
@@ -227,8 +231,7 @@ def test_fp16_backend_computes_the_reference(
     scheme = registry.scheme("fp16")
     weight = scheme.quantize_weight(torch.randn(48, 96), scheme.layer_specs["linear"].weight, None)
     request = KernelRequest("linear", weight, torch.randn(48), None, CPU)
-    if not (backend.is_available() and backend.supports(request)):
-        pytest.skip("no fbgemm fp16 kernel in this torch build")
+    _skip_unless_serves(backend, request)
     x = torch.randn(tokens, 96)
     expected = _backend(registry, "fp16-linear-reference").prepare(request)(x)
     got = backend.prepare(request)(x)
@@ -311,8 +314,7 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
     registry = plugin_manager.registry()
     backend = _backend(registry, name)
     request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
-    if not (backend.is_available() and backend.supports(request)):
-        pytest.skip(f"{name} is not available on this machine")
+    _skip_unless_serves(backend, request)
     calls = fbgemm_calls
     kernel = backend.prepare(request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
@@ -355,8 +357,7 @@ def test_a_non_finite_token_gives_its_own_row_non_finite_and_leaves_the_others(
     request = _request(
         registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric)
     )
-    if not (backend.is_available() and backend.supports(request)):
-        pytest.skip(f"{name} is not available on this machine")
+    _skip_unless_serves(backend, request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
     x = torch.randn(tokens, 96)
     x[0, 5] = poison
@@ -378,8 +379,7 @@ def test_a_near_constant_single_token_takes_the_exact_path(
     registry = plugin_manager.registry()
     backend = _backend(registry, "int8-linear-fbgemm+onednn")
     request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
-    if not (backend.is_available() and backend.supports(request)):
-        pytest.skip("fbgemm/oneDNN not available on this machine")
+    _skip_unless_serves(backend, request)
     kernel = backend.prepare(request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
     x = (torch.rand(1, 96) - 0.5) * 1e-3  # range 1e-3 (0 included): scale about 8e-6 at 7 bits
