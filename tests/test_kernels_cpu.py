@@ -7,6 +7,7 @@ import copy
 import math
 import pickle
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -329,13 +330,50 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
             assert got.shape == expected.shape == (1, 1, 48)
             worst = max(worst, float((got - expected).abs().max() / expected.abs().max()))
     assert worst < 2e-3, worst
-    assert calls == [((1, 96), bits == 7)] * 30
+    assert calls == [((1, 1, 96), bits == 7)] * 30  # the token as given, not reshaped
     calls.clear()
     x = torch.randn(2, 96)
     assert torch.allclose(
         kernel(x), reference(x), rtol=1e-5, atol=1e-5 * float(reference(x).abs().max())
     )
     assert calls == [((2 + int8_cpu._SPARE_ROWS, 96), False)]
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        lambda t: t.reshape(96),  # 1-D: fbgemm refuses it, so the exact path
+        lambda t: t.reshape(1, 96),
+        lambda t: t.reshape(1, 1, 1, 96),
+        lambda t: torch.cat([t.reshape(96, 1)] * 3, dim=1)[:, 1].reshape(1, 96),  # strided
+        lambda t: t.reshape(1, 96).to(torch.bfloat16),
+        lambda t: t.reshape(1, 96).to(torch.float64),
+    ],
+    ids=["1d", "2d", "4d", "strided", "bfloat16", "float64"],
+)
+def test_a_single_token_in_any_layout_matches_the_reference(
+    plugin_manager: quantcore.QuantcorePluginManager,
+    fbgemm_calls: list[tuple[tuple[int, ...], bool]],
+    make_token: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """The decode shortcut skips the reshapes and casts of the general path: whatever the
+    token's shape, strides and dtype, the output has the reference's shape and dtype and its
+    values within the shortcut's 2e-3."""
+    registry = plugin_manager.registry()
+    backend = _backend(registry, "int8-linear-fbgemm+onednn")
+    request = _request(registry, activation=ActivationSpec(Granularity.PER_TOKEN, symmetric=False))
+    _skip_unless_serves(backend, request)
+    reference = _backend(registry, "int8-linear-reference").prepare(request)
+    torch.manual_seed(1)
+    x = make_token(torch.randn(96) + 0.2)
+    expected = reference(x)
+    got = backend.prepare(request)(x)
+    assert got.shape == expected.shape and got.dtype == expected.dtype == x.dtype
+    error = float((got - expected).abs().max().double() / expected.abs().max().double())
+    assert error < (1e-2 if x.dtype == torch.bfloat16 else 2e-3), error
+    assert len(fbgemm_calls) == 1
+    raw = x.dim() >= 2
+    assert (fbgemm_calls[0][0] == tuple(x.shape)) is raw
 
 
 @pytest.mark.parametrize("name", INT8_FAST)
