@@ -234,10 +234,17 @@ def test_fp16_backend_computes_the_reference(
     request = KernelRequest("linear", weight, torch.randn(48), None, CPU)
     _skip_unless_serves(backend, request)
     x = torch.randn(tokens, 96)
-    expected = _backend(registry, "fp16-linear-reference").prepare(request)(x)
-    got = backend.prepare(request)(x)
-    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-    bf16 = backend.prepare(request)(x.bfloat16())  # other dtypes take the reference's math
+    reference = _backend(registry, "fp16-linear-reference").prepare(request)
+    kernel = backend.prepare(request)
+    # fbgemm takes inputs of two or more dims as they come (any strides); 1-D is reshaped
+    layouts = [x, x.reshape(1, tokens, 96), torch.cat([x, x], dim=1)[:, ::2]]
+    if tokens == 1:
+        layouts.append(x.reshape(96))
+    for layout in layouts:
+        got, expected = kernel(layout), reference(layout)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    bf16 = kernel(x.bfloat16())  # other dtypes take the reference's math
     assert bf16.dtype == torch.bfloat16
 
 

@@ -64,8 +64,10 @@ class _Fp16Linear:
         if differentiable or x.dtype != torch.float32 or not 0 < tokens <= FBGEMM_FP16_MAX_TOKENS:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.weight.to(x.dtype), bias)
-        y: torch.Tensor = self._fbgemm(x.reshape(-1, x.shape[-1]))
-        return y.reshape(*x.shape[:-1], self.weight.shape[0])
+        if x.dim() >= 2:  # fbgemm takes [..., in_features] as it is (no reshapes: decode)
+            return self._fbgemm(x)  # type: ignore[no-any-return]
+        y: torch.Tensor = self._fbgemm(x.reshape(1, -1))
+        return y.reshape(self.weight.shape[0])
 
 
 def prepare_fbgemm_fp16_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:
