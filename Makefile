@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench bench-quick lint check clean
+.PHONY: demo test test-slow bench bench-quick bench-memory lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(VENV)/.installed-dev  ## speed/accuracy/size/memory vs fp32, torch.ao, 
 
 bench-quick: $(VENV)/.installed-dev  ## the same in a few minutes: fewer rounds, ~100M decoder
 	$(BIN)/python -m benchmarks.run --quick
+
+bench-memory: $(VENV)/.installed-dev  ## resident memory of a ~1B decoder at inference, vs fp32 and torch.ao
+	$(BIN)/python -m benchmarks.memory
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(BIN)/ruff check .
