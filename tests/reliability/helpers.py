@@ -56,6 +56,13 @@ class Tally:
         TALLY[what] += n
 
 
+class Uncounted(Tally):
+    """For a test that reruns another's body: its cases are counted once, under its own name."""
+
+    def add(self, what: str, n: int = 1) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class TorchState:
     """torch's process-wide settings a quantize() call must leave as it found them."""

@@ -23,7 +23,7 @@ from torch import nn
 
 import quantcore
 from quantcore.cli import main as cli_main
-from reliability.helpers import Tally, fast_settings, slow_settings
+from reliability.helpers import Tally, Uncounted, fast_settings, slow_settings
 
 CASE_SECONDS = 20  # a single case running longer than this counts as a hang
 
@@ -479,4 +479,4 @@ def test_damaged_files_long_run(
 ) -> None:
     tally.add("fuzz cases: damaged files (slow)")
     inner = test_damaged_files.hypothesis.inner_test  # type: ignore[attr-defined]
-    inner(source, harm, sources, tmp_path_factory, Tally())
+    inner(source, harm, sources, tmp_path_factory, Uncounted())
