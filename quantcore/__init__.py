@@ -62,6 +62,7 @@ from quantcore.registrations import (
     KernelRequest,
     LayerMapper,
     Observer,
+    PackedWeightKernel,
     Scheme,
     StateDictShard,
 )
@@ -113,6 +114,7 @@ __all__ = [
     "InvalidRegistrationError",
     "KernelBackend",
     "KernelRequest",
+    "PackedWeightKernel",
     "LayerMapper",
     "LayerQuantizationError",
     "LayerRecord",

@@ -339,12 +339,14 @@ def _copy_tree(
                 getattr(new, attr).update(getattr(module, attr))
         else:
             new = _shallow_copy(module)
+            # clone what the copy holds: a module's own copy protocol (__getstate__) may hand
+            # out tensors its live attributes do not keep (a released packed-kernel weight)
             new._parameters = OrderedDict(
                 (k, None if p is None else cast(nn.Parameter, clone_tensor(p)))
-                for k, p in module._parameters.items()
+                for k, p in new._parameters.items()
             )
             new._buffers = OrderedDict(
-                (k, None if b is None else clone_tensor(b)) for k, b in module._buffers.items()
+                (k, None if b is None else clone_tensor(b)) for k, b in new._buffers.items()
             )
             new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
             for attr in _HOOK_DICTS:

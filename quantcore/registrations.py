@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -207,6 +207,24 @@ class KernelRequest:
 
 def _always(_: object = None) -> bool:
     return True
+
+
+@runtime_checkable
+class PackedWeightKernel(Protocol):
+    """A prepared kernel that keeps its own packed copy of the weight and can give the plain
+    tensors back from it.
+
+    Packed GEMM weights are as large as the plain ones; holding both doubles a layer's memory at
+    run time. A quantized layer whose kernel has this shape calls ``release_plain_weight()``
+    after each call until it returns True (the kernel then holds no reference to the plain
+    weight data: it has packed what it needs, or can rebuild it), drops its own plain ``data``
+    tensor, and asks ``plain_weight()`` for it whenever it is read (state dict, saving, moves,
+    pickling).
+    """
+
+    def release_plain_weight(self) -> bool: ...
+
+    def plain_weight(self) -> QuantizedWeight: ...
 
 
 @dataclass(frozen=True)

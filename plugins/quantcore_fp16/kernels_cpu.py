@@ -10,13 +10,14 @@ Both compute the float32 product of the same float16 weight values; only summati
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest
+from quantcore import KernelRequest, QuantizedWeight
 
 # Calls with at most this many tokens use the fbgemm fp16 kernel; more widen the weight.
 FBGEMM_FP16_MAX_TOKENS = 1024
@@ -32,6 +33,15 @@ def fbgemm_fp16_available() -> bool:
     return all(op is not None for op in ops) and ("fbgemm" in engines or "x86" in engines)
 
 
+@functools.cache
+def fbgemm_fp16_unpack_available() -> bool:
+    """Whether fbgemm can give packed fp16 weights back (what lets the plain copy go)."""
+    try:
+        return torch.ops.quantized.linear_unpack_fp16 is not None
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def supports_fbgemm_fp16(request: KernelRequest) -> bool:
     data = request.weight.data
     return (
@@ -43,18 +53,45 @@ def supports_fbgemm_fp16(request: KernelRequest) -> bool:
 
 
 class _Fp16Linear:
-    """One layer's prepared fp16 linear; the fbgemm packing is made on the first few-token call."""
+    """One layer's prepared fp16 linear; the fbgemm packing is made on the first few-token call.
+    From then on the packed copy is the only one (quantcore.PackedWeightKernel): fbgemm gives
+    the float16 values back exactly, for calls of many tokens and for the layer's state dict."""
 
     def __init__(self, request: KernelRequest) -> None:
-        self.weight = request.weight.data
+        self.weight: torch.Tensor | None = request.weight.data
         self.bias = request.bias
         self.packed: Any = None
+        self.spec, self.scale = request.weight.spec, request.weight.scale
+        self.zero_point = request.weight.zero_point
+
+    def _plain_weight_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The float16 weight values in ``dtype`` (from the packed copy once it is the only one:
+        fbgemm unpacks them as float32, which holds every float16 value exactly)."""
+        if self.weight is not None:
+            return self.weight.to(dtype)
+        unpacked, _ = torch.ops.quantized.linear_unpack_fp16(self.packed)
+        return unpacked.to(dtype)  # type: ignore[no-any-return]
+
+    def _plain_fp16(self) -> torch.Tensor:
+        return self._plain_weight_as(torch.float16)
+
+    def release_plain_weight(self) -> bool:
+        if self.packed is None or not fbgemm_fp16_unpack_available():
+            return False
+        self.weight = None
+        return True
+
+    def plain_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            "fp16", self._plain_fp16(), scale=self.scale, zero_point=self.zero_point, spec=self.spec
+        )
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             bias = None if self.bias is None else self.bias.detach().to(torch.float32)
-            self.packed = torch.ops.quantized.linear_prepack_fp16(self.weight.float(), bias)
+            weight = self._plain_weight_as(torch.float32)
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight, bias)
         out: torch.Tensor = torch.ops.quantized.linear_dynamic_fp16(x2, self.packed)
         return out
 
@@ -63,11 +100,11 @@ class _Fp16Linear:
         differentiable = x.requires_grad and torch.is_grad_enabled()  # fbgemm has no autograd
         if differentiable or x.dtype != torch.float32 or not 0 < tokens <= FBGEMM_FP16_MAX_TOKENS:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, self.weight.to(x.dtype), bias)
+            return F.linear(x, self._plain_weight_as(x.dtype), bias)
         if x.dim() >= 2:  # fbgemm takes [..., in_features] as it is (no reshapes: decode)
             return self._fbgemm(x)  # type: ignore[no-any-return]
         y: torch.Tensor = self._fbgemm(x.reshape(1, -1))
-        return y.reshape(self.weight.shape[0])
+        return y.reshape(-1)
 
 
 def prepare_fbgemm_fp16_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:

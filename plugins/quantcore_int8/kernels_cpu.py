@@ -84,6 +84,12 @@ def fbgemm_available() -> bool:
     )
 
 
+@functools.cache
+def fbgemm_unpack_available() -> bool:
+    """Whether fbgemm can give packed int8 weights back (what lets the plain copy go)."""
+    return _op("quantized", "linear_unpack") is not None
+
+
 def fbgemm_and_onednn_available() -> bool:
     return fbgemm_available() and onednn_available()
 
@@ -264,8 +270,10 @@ class _Int8Linear:
         assert request.activation is not None
         scales = _channel_scales(request.weight)
         assert scales is not None
-        self.wq = request.weight.data.contiguous()
+        # the plain int8 weight: dropped once fbgemm's packed copy exists (release_plain_weight)
+        self.wq: torch.Tensor | None = request.weight.data.contiguous()
         self.out_features, self.in_features = self.wq.shape
+        self.weight_scale, self.weight_spec = request.weight.scale, request.weight.spec
         self.scales = scales
         self.bias = None if request.bias is None else request.bias.detach().to(torch.float32)
         bits = activation_bits(request.activation, request.device)
@@ -282,17 +290,38 @@ class _Int8Linear:
         self.fbgemm_single_token = (not self.symmetric) and bits in (7, 8) and fbgemm_up_to > 0
         self.min_single_token_span = 2 * _FBGEMM_MIN_SCALE * (self.qmax - self.qmin)
         self.packed: dict[str, Any] = {}
-        self.request, self.bits = request, bits
+        self.activation, self.bits = request.activation, bits
+
+    def _plain_int8(self) -> torch.Tensor:
+        if self.wq is not None:
+            return self.wq
+        with warnings.catch_warnings():  # a transient quantized tensor, as for packing
+            warnings.simplefilter("ignore")
+            qweight, _ = torch.ops.quantized.linear_unpack(self.packed["fbgemm"])
+            return qweight.int_repr()  # type: ignore[no-any-return]
 
     def _packed(self, kind: str) -> Any:
         packed = self.packed.get(kind)
         if packed is None:
             if kind == "onednn":
-                packed = _onednn_prepack(self.wq)
+                packed = _onednn_prepack(self._plain_int8())
             else:
-                packed = _fbgemm_pack(self.wq, self.scales)
+                packed = _fbgemm_pack(self._plain_int8(), self.scales)
             self.packed[kind] = packed
         return packed
+
+    def release_plain_weight(self) -> bool:
+        """fbgemm's packed weight gives the exact int8 values back (oneDNN's does not): once it
+        exists, the plain copy is not needed (quantcore.PackedWeightKernel)."""
+        if "fbgemm" not in self.packed or not fbgemm_unpack_available():
+            return False
+        self.wq = None
+        return True
+
+    def plain_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            "int8", self._plain_int8(), scale=self.weight_scale, spec=self.weight_spec
+        )
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
@@ -354,9 +383,9 @@ class _Int8Linear:
 
     def _differentiable(self, x: torch.Tensor) -> torch.Tensor:
         """The reference's math in differentiable ops: the int8 GEMMs have no autograd."""
-        assert self.request.activation is not None
-        x_q = fake_quantize_activation(x, self.request.activation, self.bits)
-        return F.linear(x_q, dequantize_weight(self.request.weight), self.bias).to(x.dtype)
+        assert self.activation is not None
+        x_q = fake_quantize_activation(x, self.activation, self.bits)
+        return F.linear(x_q, dequantize_weight(self.plain_weight()), self.bias).to(x.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -123,7 +123,7 @@ def kernel_request(
     """The request for a module holding one quantized weight in buffers ``name``, ``name_scale``,
     ``name_zero_point`` and a float ``bias``."""
     buffers = module._buffers
-    data = buffers[name]
+    data = module._buffer(name)
     assert data is not None
     weight = quantcore.QuantizedWeight(
         module.weight_format,

@@ -70,8 +70,7 @@ class QuantizedConv(QuantizedModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert self._kernel is not None
-        return self._kernel(x)
+        return self._call_kernel(x)
 
     def extra_repr(self) -> str:
         return (

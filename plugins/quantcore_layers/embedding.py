@@ -65,8 +65,7 @@ class QuantizedEmbedding(_QuantizedTable):
         )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        assert self._kernel is not None
-        return self._kernel(input)
+        return self._call_kernel(input)
 
     def extra_repr(self) -> str:
         return (
@@ -104,8 +103,7 @@ class QuantizedEmbeddingBag(_QuantizedTable):
         offsets: torch.Tensor | None = None,
         per_sample_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        assert self._kernel is not None
-        return self._kernel(input, offsets, per_sample_weights)
+        return self._call_kernel(input, offsets, per_sample_weights)
 
     def extra_repr(self) -> str:
         return (

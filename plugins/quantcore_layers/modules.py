@@ -3,14 +3,22 @@ through a kernel backend chosen for their device; the choice is redone when they
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 import quantcore
-from quantcore import ActivationSpec, KernelBackend, KernelRequest, QuantizedWeight, WeightSpec
+from quantcore import (
+    ActivationSpec,
+    KernelBackend,
+    KernelRequest,
+    PackedWeightKernel,
+    QuantizedWeight,
+    WeightSpec,
+)
 
 Dequantizer = Callable[[QuantizedWeight], torch.Tensor]
 
@@ -42,6 +50,10 @@ class QuantizedModule(nn.Module):
         self.kernel_name = ""
         # buffer name -> (format, spec, dequantizer): reading ``module.<name>`` gives float values
         self._float_views: dict[str, tuple[str, WeightSpec | None, Dequantizer]] = {}
+        # Once a PackedWeightKernel holds its packed copy, the plain ``weight`` data is dropped
+        # (a shape-only meta tensor stands in) and rebuilt from the kernel whenever it is read.
+        self._plain_released = False
+        self._release_pending = False
         self.register_load_state_dict_post_hook(_reprepare_after_load)  # type: ignore[no-untyped-call]
 
     def _kernel_request(self) -> KernelRequest:
@@ -62,7 +74,7 @@ class QuantizedModule(nn.Module):
         """The float value of quantized weight ``name`` (a new tensor each call)."""
         weight_format, spec, dequantizer = self._float_views[name]
         buffers = self._buffers
-        data = buffers[name]
+        data = self._buffer(name)
         assert data is not None
         quantized = QuantizedWeight(
             weight_format,
@@ -77,20 +89,72 @@ class QuantizedModule(nn.Module):
     def _prepare_kernel(self) -> None:
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())
         self.kernel_name = backend.name
+        self._release_pending = isinstance(self._kernel, PackedWeightKernel)
+
+    def _call_kernel(self, *args: Any) -> torch.Tensor:
+        assert self._kernel is not None
+        out = self._kernel(*args)
+        if self._release_pending and not torch.compiler.is_compiling():
+            self._release_plain_weight()
+        return out
+
+    def _release_plain_weight(self) -> None:
+        """Drop the plain weight data once the kernel keeps a packed copy it can rebuild it
+        from: at run time the weight is in memory once, not twice."""
+        kernel = cast(PackedWeightKernel, self._kernel)
+        if not kernel.release_plain_weight():
+            return
+        data = self._buffers["weight"]
+        assert data is not None
+        self._buffers["weight"] = torch.empty(data.shape, dtype=data.dtype, device="meta")
+        self._release_pending = False
+        self._plain_released = True
+
+    def _buffer(self, name: str) -> torch.Tensor | None:
+        """Buffer ``name``'s value; a released plain weight comes back rebuilt (a new tensor)."""
+        data = self._buffers.get(name)
+        if name == "weight" and self._plain_released and data is not None and data.is_meta:
+            return cast(PackedWeightKernel, self._kernel).plain_weight().data
+        return data
+
+    def _restore_plain_weight(self) -> None:
+        """Put the plain weight back in place (before a move, a load or a copy)."""
+        if self._plain_released:
+            self._buffers["weight"] = self._buffer("weight")
+            self._plain_released = False
+            self._release_pending = isinstance(self._kernel, PackedWeightKernel)
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        saved = destination.get(prefix + "weight")
+        if isinstance(saved, torch.Tensor) and saved.is_meta and self._plain_released:
+            destination[prefix + "weight"] = self._buffer("weight")
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._restore_plain_weight()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(
         self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
     ) -> QuantizedModule:
+        self._restore_plain_weight()
         super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._prepare_kernel()
         return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        if self._plain_released:  # the copy gets the plain weight; this module stays lean
+            state["_buffers"] = OrderedDict(self._buffers)
+            state["_buffers"]["weight"] = self._buffer("weight")
+            state["_plain_released"] = False
         state["_kernel"] = None  # prepared kernels may hold closures or packed weights
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("_plain_released", False)  # pickled by a version without release
         super().__setstate__(state)  # type: ignore[no-untyped-call]
         self._prepare_kernel()
 
@@ -132,9 +196,11 @@ class QuantizedLinear(QuantizedModule):
 
     def quantized_weight(self) -> QuantizedWeight:
         buffers: Mapping[str, torch.Tensor] = self._buffers  # type: ignore[assignment]
+        data = self._buffer("weight")
+        assert data is not None
         return QuantizedWeight(
             self.weight_format,
-            buffers["weight"],
+            data,
             scale=buffers.get("weight_scale"),
             zero_point=buffers.get("weight_zero_point"),
             spec=self.weight_spec,
@@ -145,8 +211,7 @@ class QuantizedLinear(QuantizedModule):
         return KernelRequest("linear", weight, self.bias, self.activation, weight.data.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert self._kernel is not None
-        return self._kernel(x)
+        return self._call_kernel(x)
 
     def extra_repr(self) -> str:
         return (
