@@ -166,3 +166,20 @@ def test_gradients_still_flow_after_the_release(dtype: str) -> None:
     x = torch.randn(3, 64, requires_grad=True)
     module(x).sum().backward()
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
+def test_after_the_release_fp16_calls_of_any_size_run_on_the_packed_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unpacking costs several times the float32 cast: float32 calls never rebuild the weight."""
+    module, _ = _released("fp16")
+    expected = _outputs(_quantized("fp16"))
+    for index in (0, 2):
+        kernel = module[index]._kernel
+
+        def no_rebuild(dtype: torch.dtype) -> torch.Tensor:
+            raise AssertionError("the weight was rebuilt for a float32 call")
+
+        monkeypatch.setattr(kernel, "_plain_weight_as", no_rebuild)
+    for got, want in zip(_outputs(module), expected, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)  # fbgemm or MKL: sum order
