@@ -59,9 +59,20 @@ class QuantizationResult:
     """
 
     module: nn.Module | None
-    state_dict: dict[str, torch.Tensor]
+    # state-dict input only: a module's state dict is read from it on access (see state_dict)
+    quantized_state_dict: dict[str, torch.Tensor] | None
     report: QuantizationReport
     manifest: Manifest | None = None  # what quantcore.save() writes next to the tensors
+
+    @property
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The quantized tensors by name. For a module, ``module.state_dict()`` at the time of
+        access: the result holds no tensor of its own, so it keeps nothing alive that the
+        module's layers let go (a layer whose kernel packed its weight drops the plain copy)."""
+        if self.module is not None:
+            return dict(self.module.state_dict())
+        assert self.quantized_state_dict is not None
+        return self.quantized_state_dict
 
 
 def _describe(obj: object) -> str:
@@ -321,7 +332,7 @@ class QuantizationJob:
                 records=records,
                 progress=progress,
             )
-            state_dict = module.state_dict()
+            state_dict = None  # read from the module when asked (QuantizationResult.state_dict)
             size_before, size_after = module_bytes(adapted.module), module_bytes(module)
             type_names = {
                 name: (type(m).__name__, f"{type(m).__module__}.{type(m).__qualname__}")

@@ -183,3 +183,22 @@ def test_after_the_release_fp16_calls_of_any_size_run_on_the_packed_copy(
         monkeypatch.setattr(kernel, "_plain_weight_as", no_rebuild)
     for got, want in zip(_outputs(module), expected, strict=True):
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)  # fbgemm or MKL: sum order
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_a_kept_result_does_not_pin_the_plain_weight(dtype: str) -> None:
+    """The README's way: keep the result, run result.module. The result reads its state dict
+    from the module when asked, so the released weight is freed all the same."""
+    _quantized(dtype)  # skips where no packed kernel serves
+    result = quantcore.quantize(_model(), dtype)
+    module = result.module
+    assert module is not None
+    before = {k: v.clone() for k, v in result.state_dict.items()}
+    plain = weakref.ref(module[0]._buffers["weight"])
+    with torch.no_grad():
+        module(torch.randn(RELEASING_CALLS[dtype], 64))
+    gc.collect()
+    assert plain() is None
+    got = result.state_dict
+    assert got.keys() == before.keys()
+    assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in before.items())
