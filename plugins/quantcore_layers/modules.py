@@ -106,9 +106,9 @@ class QuantizedModule(nn.Module):
             return
         data = self._buffers["weight"]
         assert data is not None
-        self._buffers["weight"] = torch.empty(data.shape, dtype=data.dtype, device="meta")
         self._release_pending = False
-        self._plain_released = True
+        self._plain_released = True  # first: a reader that then finds meta data rebuilds it
+        self._buffers["weight"] = torch.empty(data.shape, dtype=data.dtype, device="meta")
 
     def _buffer(self, name: str) -> torch.Tensor | None:
         """Buffer ``name``'s value; a released plain weight comes back rebuilt (a new tensor)."""
