@@ -3,12 +3,14 @@
 For a few tokens the GEMM is memory-bound, and fbgemm's fp16-weight kernel
 (``torch.ops.quantized.linear_prepack_fp16`` / ``linear_dynamic_fp16``: float32 inputs, float16
 weights widened on the fly, float32 accumulation, no quantized dtypes, no deprecation) reads half
-the bytes of a float32 GEMM. For many tokens the GEMM is compute-bound: widening the weight to
-float32 for MKL (the reference's math) costs little, and fbgemm is about as fast (0.93-1.05x
-MKL's time at 1100-4096 tokens on the MiniLM and 1B-decoder shapes, AVX2). So calls of many
-tokens widen the plain weight while the layer keeps one, and use fbgemm once the packed copy is
-the only one (unpacking it per call would cost several times the widening). Both compute the
+the bytes of a float32 GEMM. For many tokens the one-off widening of the weight to float32 is
+cheap next to the GEMM, and MKL's float32 GEMM beats fbgemm's (the whole of all-MiniLM-L6-v2 at
+32x128 ran about 10 % slower on fbgemm here); that is the reference's math. Both compute the
 float32 product of the same float16 weight values; only summation order differs.
+
+Memory: once the fbgemm pack exists, it is the layer's only copy (the plain weight is released,
+quantcore.PackedWeightKernel) until the layer serves a call of many tokens; then a plain copy
+comes back, once (unpacking costs several times the widening), and stays beside the pack.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class _Fp16Linear:
 
     def __init__(self, request: KernelRequest) -> None:
         self.weight: torch.Tensor | None = request.weight.data
+        self.serves_many_tokens = False  # then the plain copy stays, for MKL
         self.bias = request.bias
         self.packed: Any = None
         self.spec, self.scale = request.weight.spec, request.weight.scale
@@ -79,7 +82,7 @@ class _Fp16Linear:
         return self._plain_weight_as(torch.float16)
 
     def release_plain_weight(self) -> bool:
-        if self.packed is None or not fbgemm_fp16_unpack_available():
+        if self.packed is None or self.serves_many_tokens or not fbgemm_fp16_unpack_available():
             return False
         self.weight = None
         return True
@@ -101,9 +104,10 @@ class _Fp16Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // max(x.shape[-1], 1)
         differentiable = x.requires_grad and torch.is_grad_enabled()  # fbgemm has no autograd
-        # Many tokens widen the plain weight for MKL while it is there; once only the packed
-        # copy is (released), fbgemm serves them too: about as fast, and no unpacking per call.
-        many = tokens > FBGEMM_FP16_MAX_TOKENS and self.weight is not None
+        many = tokens > FBGEMM_FP16_MAX_TOKENS
+        if many and not self.serves_many_tokens:
+            self.serves_many_tokens = True
+            self.weight = self._plain_fp16()  # back from the pack if it was released: once
         if differentiable or x.dtype != torch.float32 or tokens == 0 or many:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self._plain_weight_as(x.dtype), bias)
