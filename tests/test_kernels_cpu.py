@@ -271,6 +271,48 @@ def test_torch_compile_of_a_quantized_model(
             assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
 
 
+def test_the_onednn_custom_op_computes_the_onednn_gemm() -> None:
+    """The op torch.compile keeps in its graph runs the same GEMM as the eager path, and its
+    fake implementation gives the real output's shape and dtype. (torch.library.opcheck cannot
+    run here: its checks read storage pointers, which oneDNN's packed weight has none of; the
+    slow test below compiles it with fullgraph=True.)"""
+    if not int8_cpu.onednn_available():
+        pytest.skip("no oneDNN int8 ops in this torch")
+    weight = torch.randint(-127, 128, (48, 96), dtype=torch.int8)
+    args = (
+        torch.randint(0, 128, (5, 96), dtype=torch.uint8),
+        3,
+        int8_cpu._onednn_prepack(weight),
+        torch.rand(48),
+        torch.zeros(48, dtype=torch.long),
+    )
+    expected = int8_cpu._onednn_gemm(*args)
+    got = torch.ops.quantcore_int8.onednn_linear(*args)
+    assert torch.equal(got, expected)
+    with torch.device("meta"):
+        fake = int8_cpu._onednn_linear_fake(
+            torch.empty(5, 96, dtype=torch.uint8), 3, args[2], torch.empty(48), args[4]
+        )
+    assert fake.shape == expected.shape and fake.dtype == expected.dtype
+
+
+@pytest.mark.slow  # a dynamo trace and an inductor compile
+def test_once_packed_the_compiled_int8_model_has_no_graph_break(
+    plugin_manager: quantcore.QuantcorePluginManager,
+) -> None:
+    """The oneDNN GEMM is an op of the graph once its weight is packed (an eager call first)."""
+    torch._dynamo.reset()
+    _, quantized = _quantize_linear(plugin_manager, "int8")
+    if quantized[0].kernel_name not in ("int8-linear-fbgemm+onednn", "int8-linear-onednn"):
+        pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
+    x = torch.randn(100, 64)  # above fbgemm's 64 tokens: oneDNN
+    with torch.no_grad():
+        expected = quantized(x)  # packs
+        assert torch._dynamo.explain(quantized)(x).graph_break_count == 0
+        compiled = torch.compile(quantized, fullgraph=True)
+        assert torch.allclose(compiled(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["int8", "fp16"])
 def test_inputs_that_require_grad_take_the_differentiable_path(
     plugin_manager: quantcore.QuantcorePluginManager, dtype: str

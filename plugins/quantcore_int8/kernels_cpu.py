@@ -126,6 +126,30 @@ def _onednn_gemm(
     return out
 
 
+@torch.library.custom_op("quantcore_int8::onednn_linear", mutates_args=())
+def _onednn_linear_op(
+    xu8: torch.Tensor,
+    zero_point: int,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    weight_zeros: torch.Tensor,
+) -> torch.Tensor:
+    """oneDNN's GEMM as one opaque op that torch.compile keeps in its graph (no graph break):
+    inductor has no lowering for the packed weight outside its own freezing flow."""
+    return _onednn_gemm(xu8, zero_point, packed, scales, weight_zeros)
+
+
+@_onednn_linear_op.register_fake
+def _onednn_linear_fake(
+    xu8: torch.Tensor,
+    zero_point: int,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    weight_zeros: torch.Tensor,
+) -> torch.Tensor:
+    return xu8.new_empty((xu8.shape[0], scales.shape[0]), dtype=torch.float32)
+
+
 def _fbgemm_pack(wq: torch.Tensor, scales: torch.Tensor) -> Any:
     """fbgemm's packed weight (per-channel scales folded into its output stage). Packing needs a
     quantized tensor: it exists only for this call, with its deprecation warnings hidden."""
@@ -323,8 +347,20 @@ class _Int8Linear:
             "int8", self._plain_int8(), scale=self.weight_scale, spec=self.weight_spec
         )
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
+        packed = self.packed.get("onednn")
+        if packed is None or not torch.compiler.is_compiling():
+            return self._onednn_eager(q, zero_point)  # type: ignore[no-any-return]
+        # Traced with the weight already packed (an eager call came first): the GEMM is one op
+        # of the graph, so the quantization around it fuses across layers without a break.
+        xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
+        out: torch.Tensor = torch.ops.quantcore_int8.onednn_linear(
+            xu8, zero_point, packed, self.scales, self.weight_zeros
+        )
+        return out
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _onednn_eager(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
         return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros)
 
@@ -362,7 +398,7 @@ class _Int8Linear:
         (written into ``buffer`` when it is fbgemm's)."""
         if buffer is not None:
             return self._fbgemm(buffer, zero_point)  # type: ignore[no-any-return]
-        return self._onednn(values, zero_point)  # type: ignore[no-any-return]
+        return self._onednn(values, zero_point)
 
     def _asymmetric(self, x2: torch.Tensor) -> torch.Tensor:
         """Per-token asymmetric activations: the reference's arithmetic (quantize_activation),
