@@ -59,8 +59,8 @@ def supports_fbgemm_fp16(request: KernelRequest) -> bool:
 
 class _Fp16Linear:
     """One layer's prepared fp16 linear; the fbgemm packing is made on the first few-token call.
-    From then on the packed copy is the only one (quantcore.PackedWeightKernel): fbgemm gives
-    the float16 values back exactly, for calls of many tokens and for the layer's state dict."""
+    From then on the packed copy can be the only one (quantcore.PackedWeightKernel): fbgemm gives
+    the float16 values back exactly, for the layer's state dict or a first call of many tokens."""
 
     def __init__(self, request: KernelRequest) -> None:
         self.weight: torch.Tensor | None = request.weight.data
