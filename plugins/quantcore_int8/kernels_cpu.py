@@ -15,8 +15,9 @@ spec leaves ``bits`` open use 7 bits (as torch.ao's ``reduce_range``), and the r
 backend uses the same width (:func:`activation_bits`), so the fast path stays exact.
 
 * oneDNN (``torch.ops.onednn.qlinear_prepack`` / ``qlinear_pointwise``): no deprecation, the
-  default for many tokens. Inductor cannot lower it outside its own freezing flow, so the call
-  is kept out of ``torch.compile`` graphs (the quantization around it still compiles).
+  default for many tokens. Inductor cannot lower it outside its own freezing flow, so under
+  ``torch.compile`` it is an opaque custom op (``quantcore_int8::onednn_linear``) once the weight
+  is packed, and a graph break before that.
 * fbgemm (``torch.ops.quantized.linear_dynamic``, weights packed from a transient quantized
   tensor): deprecated, so an optional backend with its warnings hidden; faster for a few tokens
   (decoding). The op quantizes its input per tensor from the input's min/max, so two extra rows
@@ -348,20 +349,20 @@ class _Int8Linear:
         )
 
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
+        xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
         packed = self.packed.get("onednn")
         if packed is None or not torch.compiler.is_compiling():
-            return self._onednn_eager(q, zero_point)  # type: ignore[no-any-return]
+            return self._onednn_eager(xu8, zero_point)  # type: ignore[no-any-return]
         # Traced with the weight already packed (an eager call came first): the GEMM is one op
         # of the graph, so the quantization around it fuses across layers without a break.
-        xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
         out: torch.Tensor = torch.ops.quantcore_int8.onednn_linear(
             xu8, zero_point, packed, self.scales, self.weight_zeros
         )
         return out
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _onednn_eager(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
-        xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
+    def _onednn_eager(self, xu8: torch.Tensor, zero_point: int) -> torch.Tensor:
+        """Packs on first use, so it stays out of traced graphs."""
         return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
