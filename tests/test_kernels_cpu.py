@@ -296,21 +296,46 @@ def test_the_onednn_custom_op_computes_the_onednn_gemm() -> None:
     assert fake.shape == expected.shape and fake.dtype == expected.dtype
 
 
+def _skip_unless_onednn_serves(layer: nn.Module) -> None:
+    if layer.kernel_name not in ("int8-linear-fbgemm+onednn", "int8-linear-onednn"):
+        pytest.skip(f"{layer.kernel_name} serves this layer here")
+
+
 @pytest.mark.slow  # a dynamo trace and an inductor compile
-def test_once_packed_the_compiled_int8_model_has_no_graph_break(
-    plugin_manager: quantcore.QuantcorePluginManager,
+@pytest.mark.parametrize("eager_call_first", [False, True])
+def test_the_compiled_int8_model_has_no_graph_break_on_onednn(
+    plugin_manager: quantcore.QuantcorePluginManager, eager_call_first: bool
 ) -> None:
-    """The oneDNN GEMM is an op of the graph once its weight is packed (an eager call first)."""
+    """The oneDNN GEMM is an op of the graph, its weight packed while tracing when no eager call
+    packed it before (compiling first is how most users call torch.compile)."""
     torch._dynamo.reset()
     _, quantized = _quantize_linear(plugin_manager, "int8")
-    if quantized[0].kernel_name not in ("int8-linear-fbgemm+onednn", "int8-linear-onednn"):
-        pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
+    _skip_unless_onednn_serves(quantized[0])
     x = torch.randn(100, 64)  # above fbgemm's 64 tokens: oneDNN
     with torch.no_grad():
-        expected = quantized(x)  # packs
+        if eager_call_first:
+            quantized(x)
         assert torch._dynamo.explain(quantized)(x).graph_break_count == 0
         compiled = torch.compile(quantized, fullgraph=True)
-        assert torch.allclose(compiled(x), expected, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_single_token_under_torch_compile_breaks_only_at_the_fbgemm_call(
+    plugin_manager: quantcore.QuantcorePluginManager,
+) -> None:
+    """fbgemm's packed weight is no tensor, so its call is a graph break; the shortcut's range
+    check, which reads a value, happens inside that eager call rather than as a break (and a
+    warning to the user) of its own."""
+    torch._dynamo.reset()
+    _, quantized = _quantize_linear(plugin_manager, "int8")
+    if quantized[0].kernel_name != "int8-linear-fbgemm+onednn":
+        pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(quantized)(x)
+    reasons = [reason.reason for reason in explanation.break_reasons]
+    assert reasons, "expected the fbgemm calls to be graph breaks"
+    assert all("torch.compiler.disable" in reason for reason in reasons), reasons
 
 
 @pytest.mark.parametrize("dtype", ["int8", "fp16"])

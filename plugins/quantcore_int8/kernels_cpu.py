@@ -16,14 +16,16 @@ backend uses the same width (:func:`activation_bits`), so the fast path stays ex
 
 * oneDNN (``torch.ops.onednn.qlinear_prepack`` / ``qlinear_pointwise``): no deprecation, the
   default for many tokens. Inductor cannot lower it outside its own freezing flow, so under
-  ``torch.compile`` it is an opaque custom op (``quantcore_int8::onednn_linear``) once the weight
-  is packed, and a graph break before that.
+  ``torch.compile`` it is an opaque custom op (``quantcore_int8::onednn_linear``), its weight
+  packed while tracing if no eager call packed it first.
 * fbgemm (``torch.ops.quantized.linear_dynamic``, weights packed from a transient quantized
   tensor): deprecated, so an optional backend with its warnings hidden; faster for a few tokens
   (decoding). The op quantizes its input per tensor from the input's min/max, so two extra rows
   pinning min and max make its scale exactly 1 and its zero point ours: the already-rounded
   values pass through unchanged. For one token, per tensor is per token, so the raw token goes
-  in (one call instead of about thirty small ops around it).
+  in (one call instead of about thirty small ops around it). Its packed weight is no tensor, so
+  under ``torch.compile`` each fbgemm call is a graph break: kept, because oneDNN's GEMM took
+  1.5-2.5x fbgemm's time at 1-8 tokens here, far more than a break costs.
 
 Weights are packed lazily on the first call: quantizing a model (or loading one to save it
 again) never pays for packing, and the packed copy is never pickled.
@@ -282,7 +284,10 @@ def supports_fbgemm_onednn(request: KernelRequest) -> bool:
 
 def _to_uint8(values: torch.Tensor, high: int) -> torch.Tensor:
     """Integer-valued floats in [0, high] as uint8. torch converts float to uint8 element by
-    element, several times slower than to int8 or int32, whose bits are the same here."""
+    element, several times slower than to int8 or int32, whose bits are the same here. Inductor
+    converts to uint8 in vector code, while its int8-to-uint8 view goes through a scalar loop."""
+    if torch.compiler.is_compiling():
+        return values.to(torch.uint8)
     if high <= 127:
         return values.to(torch.int8).view(torch.uint8)
     return values.to(torch.int32).to(torch.uint8)
@@ -350,20 +355,18 @@ class _Int8Linear:
 
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
-        packed = self.packed.get("onednn")
-        if packed is None or not torch.compiler.is_compiling():
-            return self._onednn_eager(xu8, zero_point)  # type: ignore[no-any-return]
-        # Traced with the weight already packed (an eager call came first): the GEMM is one op
-        # of the graph, so the quantization around it fuses across layers without a break.
+        if not torch.compiler.is_compiling():
+            return _onednn_gemm(
+                xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros
+            )
+        # Traced: the GEMM is one op of the graph, so the quantization around it fuses across
+        # layers without a break. Its packed weight must exist now, as a graph input: a model
+        # compiled before its first call gets it packed here, while tracing.
+        _pack_while_tracing(self, "onednn")
         out: torch.Tensor = torch.ops.quantcore_int8.onednn_linear(
-            xu8, zero_point, packed, self.scales, self.weight_zeros
+            xu8, zero_point, self.packed["onednn"], self.scales, self.weight_zeros
         )
         return out
-
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _onednn_eager(self, xu8: torch.Tensor, zero_point: int) -> torch.Tensor:
-        """Packs on first use, so it stays out of traced graphs."""
-        return _onednn_gemm(xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
@@ -377,13 +380,20 @@ class _Int8Linear:
         return math.isfinite(span) and span >= self.min_single_token_span
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
-    def _single_token(self, x: torch.Tensor) -> torch.Tensor:
+    def _single_token(self, x: torch.Tensor) -> torch.Tensor | None:
         """fbgemm quantizes the token itself: the same per-token asymmetric scheme, but its
         scale and zero point are rounded its own way (double-precision range, zero point from
         the nearer end, scales below 6.1e-5 raised to it, x * (1 / scale)), so some integers can
-        differ by one step from the reference's (outputs within 2e-3 relative, tested)."""
-        y = _fbgemm_linear(x, self._packed("fbgemm"), self.bits == 7)
-        return y if self.bias is None else y.add_(self.bias)
+        differ by one step from the reference's (outputs within 2e-3 relative, tested). None
+        for a token that must take the exact path. (The range check reads values, which under
+        torch.compile is a graph break of its own: hence inside this eager function.)"""
+        # no reshapes or no-op casts: each dispatched op shows at this size
+        x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+        if not self._single_token_fits(x32):
+            return None
+        y = _fbgemm_linear(x32, self._packed("fbgemm"), self.bits == 7)
+        y = y if self.bias is None else y.add_(self.bias)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def _input_buffer(self, tokens: int) -> torch.Tensor | None:
         """Where the rounded activations go: fbgemm's input with its spare rows, or a new
@@ -432,12 +442,10 @@ class _Int8Linear:
         if x.requires_grad and torch.is_grad_enabled():
             return self._differentiable(x)
         if self.fbgemm_single_token and x.numel() == self.in_features and x.dim() >= 2:
-            # decode: fbgemm takes the token as it comes ([..., 1, in_features], any strides);
-            # no reshapes or no-op casts, since each dispatched op shows at this size
-            x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
-            if self._single_token_fits(x32):
-                y1: torch.Tensor = self._single_token(x32)
-                return y1 if x.dtype == torch.float32 else y1.to(x.dtype)
+            # decode: fbgemm takes the token as it comes ([..., 1, in_features], any strides)
+            y1: torch.Tensor | None = self._single_token(x)
+            if y1 is not None:
+                return y1
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         tokens = x2.shape[0]
@@ -453,6 +461,14 @@ class _Int8Linear:
         token_scale = bound.div_(self.qmax)
         y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)
+
+
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
+def _pack_while_tracing(kernel: _Int8Linear, kind: str) -> bool:
+    """Run (not traced) by dynamo while it traces: packing is a one-off side effect, not a step of
+    the graph."""
+    kernel._packed(kind)
+    return True
 
 
 def prepare_onednn_linear(request: KernelRequest) -> Linear:
