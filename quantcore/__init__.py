@@ -65,6 +65,8 @@ from quantcore.registrations import (
     PackedWeightKernel,
     Scheme,
     StateDictShard,
+    graph_handle,
+    kernel_of_handle,
 )
 from quantcore.report import LayerReport, QuantizationReport
 from quantcore.serialization import (
@@ -158,8 +160,10 @@ __all__ = [
     "create_plugin_manager",
     "did_you_mean",
     "discover_plugins",
+    "graph_handle",
     "hookimpl",
     "hookspec",
+    "kernel_of_handle",
     "list_plugins",
     "load_config",
     "quantize",

@@ -320,22 +320,40 @@ def test_the_compiled_int8_model_has_no_graph_break_on_onednn(
         assert torch.allclose(compiled(x), quantized(x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_single_token_under_torch_compile_breaks_only_at_the_fbgemm_call(
-    plugin_manager: quantcore.QuantcorePluginManager,
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
+    plugin_manager: quantcore.QuantcorePluginManager, dtype: str, tokens: int
 ) -> None:
-    """fbgemm's packed weight is no tensor, so its call is a graph break; the shortcut's range
-    check, which reads a value, happens inside that eager call rather than as a break (and a
-    warning to the user) of its own."""
+    """fbgemm's packed weights are script objects, which graphs cannot hold: a call fbgemm
+    serves enters the graph as one opaque op (the layer's eager call, found through its graph
+    handle), so decoding under torch.compile has no graph break per layer."""
     torch._dynamo.reset()
-    _, quantized = _quantize_linear(plugin_manager, "int8")
-    if quantized[0].kernel_name != "int8-linear-fbgemm+onednn":
+    _, quantized = _quantize_linear(plugin_manager, dtype)
+    if "fbgemm" not in quantized[0].kernel_name:
         pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
-    x = torch.randn(1, 64)
+    x = torch.randn(tokens, 64)
     with torch.no_grad():
-        explanation = torch._dynamo.explain(quantized)(x)
-    reasons = [reason.reason for reason in explanation.break_reasons]
-    assert reasons, "expected the fbgemm calls to be graph breaks"
-    assert all("torch.compiler.disable" in reason for reason in reasons), reasons
+        assert torch._dynamo.explain(quantized)(x).graph_break_count == 0
+        # aot_eager runs the ops' fake implementations while tracing and the real ones after
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), quantized(x))
+        assert torch.equal(compiled(x.reshape(1, tokens, 64)), quantized(x.reshape(1, tokens, 64)))
+
+
+def test_a_graph_handle_leads_back_to_its_kernel_while_the_kernel_lives() -> None:
+    class Kernel:
+        pass
+
+    kernel = Kernel()
+    handle = quantcore.graph_handle(kernel, (48,))
+    assert handle.shape == (48, 0) and handle.numel() == 0
+    assert quantcore.kernel_of_handle(handle) is kernel
+    del kernel
+    with pytest.raises(RuntimeError, match="outlived the quantized layer"):
+        quantcore.kernel_of_handle(handle)
+    with pytest.raises(RuntimeError, match="not a live quantcore graph handle"):
+        quantcore.kernel_of_handle(torch.empty(48, 0))
 
 
 @pytest.mark.parametrize("dtype", ["int8", "fp16"])

@@ -8,6 +8,11 @@ cheap next to the GEMM, and MKL's float32 GEMM beats fbgemm's (the whole of all-
 32x128 ran about 10 % slower on fbgemm here); that is the reference's math. Both compute the
 float32 product of the same float16 weight values; only summation order differs.
 
+Under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
+(``quantcore_fp16::eager_linear``, given the kernel's ``quantcore.graph_handle``): the packed
+weight is a script object, which graphs cannot hold. (Widening the weight inside the graph
+instead took 1.1-1.9x fbgemm's time at 16-128 tokens on all-MiniLM-L6-v2's layers.)
+
 Memory: once the fbgemm pack exists, it is the layer's only copy (the plain weight is released,
 quantcore.PackedWeightKernel) until the layer serves a call of many tokens; then a plain copy
 comes back, once (unpacking costs several times the widening), and stays beside the pack.
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest, QuantizedWeight
+from quantcore import KernelRequest, QuantizedWeight, graph_handle, kernel_of_handle
 
 # Calls with at most this many tokens use the fbgemm fp16 kernel; more widen the weight.
 FBGEMM_FP16_MAX_TOKENS = 1024
@@ -69,6 +74,7 @@ class _Fp16Linear:
         self.packed: Any = None
         self.spec, self.scale = request.weight.spec, request.weight.scale
         self.zero_point = request.weight.zero_point
+        self.graph_handle = graph_handle(self, (request.weight.data.shape[0],))
 
     def _plain_weight_as(self, dtype: torch.dtype) -> torch.Tensor:
         """The float16 weight values in ``dtype`` (from the packed copy once it is the only one:
@@ -92,7 +98,6 @@ class _Fp16Linear:
             "fp16", self._plain_fp16(), scale=self.scale, zero_point=self.zero_point, spec=self.spec
         )
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             bias = None if self.bias is None else self.bias.detach().to(torch.float32)
@@ -111,10 +116,25 @@ class _Fp16Linear:
         if differentiable or x.dtype != torch.float32 or tokens == 0 or many:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self._plain_weight_as(x.dtype), bias)
+        if torch.compiler.is_compiling():  # the packed weight cannot enter a graph; the call can
+            whole: torch.Tensor = torch.ops.quantcore_fp16.eager_linear(x, self.graph_handle)
+            return whole
         if x.dim() >= 2:  # fbgemm takes [..., in_features] as it is (no reshapes: decode)
-            return self._fbgemm(x)  # type: ignore[no-any-return]
+            return self._fbgemm(x)
         y: torch.Tensor = self._fbgemm(x.reshape(1, -1))
         return y.reshape(-1)
+
+
+@torch.library.custom_op("quantcore_fp16::eager_linear", mutates_args=())
+def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+    """A layer's whole eager call as one opaque op of a torch.compile graph."""
+    kernel: _Fp16Linear = kernel_of_handle(handle)
+    return kernel(x)
+
+
+@_eager_linear_op.register_fake
+def _eager_linear_fake(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], handle.shape[0]))
 
 
 def prepare_fbgemm_fp16_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:

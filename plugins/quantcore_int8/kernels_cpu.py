@@ -24,8 +24,10 @@ backend uses the same width (:func:`activation_bits`), so the fast path stays ex
   pinning min and max make its scale exactly 1 and its zero point ours: the already-rounded
   values pass through unchanged. For one token, per tensor is per token, so the raw token goes
   in (one call instead of about thirty small ops around it). Its packed weight is no tensor, so
-  under ``torch.compile`` each fbgemm call is a graph break: kept, because oneDNN's GEMM took
-  1.5-2.5x fbgemm's time at 1-8 tokens here, far more than a break costs.
+  under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
+  (``quantcore_int8::eager_linear``, given the kernel's ``quantcore.graph_handle``), which runs
+  the eager path. (Sending those calls to oneDNN instead would cost more: its GEMM took
+  1.5-2.5x fbgemm's time at 1-8 tokens here.)
 
 Weights are packed lazily on the first call: quantizing a model (or loading one to save it
 again) never pays for packing, and the packed copy is never pickled.
@@ -42,7 +44,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quantcore import ActivationSpec, Granularity, KernelRequest, QuantizedWeight
+from quantcore import (
+    ActivationSpec,
+    Granularity,
+    KernelRequest,
+    QuantizedWeight,
+    graph_handle,
+    kernel_of_handle,
+)
 from quantcore_int8.quantization import (
     MIN_ACTIVATION_BOUND,
     activation_range,
@@ -321,6 +330,7 @@ class _Int8Linear:
         self.min_single_token_span = 2 * _FBGEMM_MIN_SCALE * (self.qmax - self.qmin)
         self.packed: dict[str, Any] = {}
         self.activation, self.bits = request.activation, bits
+        self.graph_handle = graph_handle(self, (self.out_features,))
 
     def _plain_int8(self) -> torch.Tensor:
         if self.wq is not None:
@@ -368,7 +378,6 @@ class _Int8Linear:
         )
         return out
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         return _fbgemm_gemm(q, zero_point, self._packed("fbgemm"))
 
@@ -379,14 +388,12 @@ class _Int8Linear:
         span = max(float(high), 0.0) - min(float(low), 0.0)
         return math.isfinite(span) and span >= self.min_single_token_span
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def _single_token(self, x: torch.Tensor) -> torch.Tensor | None:
         """fbgemm quantizes the token itself: the same per-token asymmetric scheme, but its
         scale and zero point are rounded its own way (double-precision range, zero point from
         the nearer end, scales below 6.1e-5 raised to it, x * (1 / scale)), so some integers can
         differ by one step from the reference's (outputs within 2e-3 relative, tested). None
-        for a token that must take the exact path. (The range check reads values, which under
-        torch.compile is a graph break of its own: hence inside this eager function.)"""
+        for a token that must take the exact path."""
         # no reshapes or no-op casts: each dispatched op shows at this size
         x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
         if not self._single_token_fits(x32):
@@ -408,7 +415,7 @@ class _Int8Linear:
         """sum_k (values - zero_point) * w * scale[n] for integer-valued float32 ``values``
         (written into ``buffer`` when it is fbgemm's)."""
         if buffer is not None:
-            return self._fbgemm(buffer, zero_point)  # type: ignore[no-any-return]
+            return self._fbgemm(buffer, zero_point)
         return self._onednn(values, zero_point)
 
     def _asymmetric(self, x2: torch.Tensor) -> torch.Tensor:
@@ -441,6 +448,11 @@ class _Int8Linear:
             )
         if x.requires_grad and torch.is_grad_enabled():
             return self._differentiable(x)
+        if torch.compiler.is_compiling() and x.numel() <= self.fbgemm_up_to * self.in_features:
+            # fbgemm will serve it: its packed weight cannot enter a graph, so the whole call
+            # does, as one opaque op that runs this method eagerly
+            whole: torch.Tensor = torch.ops.quantcore_int8.eager_linear(x, self.graph_handle)
+            return whole
         if self.fbgemm_single_token and x.numel() == self.in_features and x.dim() >= 2:
             # decode: fbgemm takes the token as it comes ([..., 1, in_features], any strides)
             y1: torch.Tensor | None = self._single_token(x)
@@ -461,6 +473,19 @@ class _Int8Linear:
         token_scale = bound.div_(self.qmax)
         y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)
+
+
+@torch.library.custom_op("quantcore_int8::eager_linear", mutates_args=())
+def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+    """A layer's whole eager call as one opaque op of a torch.compile graph (fbgemm's calls:
+    its packed weights are script objects, which graphs cannot hold)."""
+    kernel: _Int8Linear = kernel_of_handle(handle)
+    return kernel(x)
+
+
+@_eager_linear_op.register_fake
+def _eager_linear_fake(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], handle.shape[0]))
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
