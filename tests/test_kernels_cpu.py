@@ -341,6 +341,35 @@ def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
         assert torch.equal(compiled(x.reshape(1, tokens, 64)), quantized(x.reshape(1, tokens, 64)))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "unavailable"),
+    [
+        ("int8", ()),
+        ("int8", ("fbgemm",)),
+        ("int8", ("onednn",)),
+        ("int8", ("fbgemm", "onednn")),
+        ("fp16", ()),
+        ("fp16", ("fbgemm",)),
+    ],
+)
+def test_no_cpu_linear_kernel_is_a_graph_break(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, unavailable: tuple[str, ...]
+) -> None:
+    """What the README promises: torch.compile traces every CPU linear kernel, fast or reference,
+    few tokens or many, without a graph break and without a warm-up call."""
+    if "fbgemm" in unavailable:
+        monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
+        monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)
+    if "onednn" in unavailable:
+        monkeypatch.setattr(int8_cpu, "onednn_available", lambda: False)
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), dtype)
+    for tokens in (1, 100):
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explanation = torch._dynamo.explain(quantized)(torch.randn(tokens, 64))
+        assert explanation.graph_break_count == 0, (quantized[0].kernel_name, tokens)
+
+
 def test_a_graph_handle_leads_back_to_its_kernel_while_the_kernel_lives() -> None:
     class Kernel:
         pass
