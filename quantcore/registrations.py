@@ -221,6 +221,11 @@ class PackedWeightKernel(Protocol):
     weight data: it has packed what it needs, or can rebuild it), drops its own plain ``data``
     tensor, and asks ``plain_weight()`` for it whenever it is read (state dict, saving, moves,
     pickling).
+
+    A kernel that also runs calls where the layer's own code does not run per call (inside one
+    op of a ``torch.compile`` graph, see :func:`graph_handle`) may have an ``after_graph_call``
+    attribute, None by default: quantcore's layers set it to a function that makes the same
+    ``release_plain_weight()`` check, and the kernel calls it after each such call.
     """
 
     def release_plain_weight(self) -> bool: ...

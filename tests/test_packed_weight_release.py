@@ -206,3 +206,30 @@ def test_a_kept_result_does_not_pin_the_plain_weight(dtype: str) -> None:
     got = result.state_dict
     assert got.keys() == before.keys()
     assert all(torch.equal(got[k], v) and got[k].dtype == v.dtype for k, v in before.items())
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_under_torch_compile_the_plain_weight_goes_too(dtype: str) -> None:
+    """A call fbgemm serves inside a compiled graph is one opaque op, which bypasses the layer's
+    own code; the kernel reports the call, so the plain weight is freed there as in eager mode,
+    and nothing the graph depends on changes (no recompilation)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    module = _quantized(dtype)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    expected = _outputs(_quantized(dtype))
+    plain = weakref.ref(module[0]._buffers["weight"])
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(module, backend=counter)
+    x = torch.randn(RELEASING_CALLS[dtype], 64)
+    with torch.no_grad():
+        first = compiled(x)
+        gc.collect()
+        assert plain() is None
+        assert all(module[i]._buffers["weight"].is_meta for i in (0, 2))
+        assert torch.equal(compiled(x), first)
+    assert counter.frame_count == 1
+    _assert_same_state(module, before)
+    for got, want in zip(_outputs(module), expected, strict=True):
+        assert torch.equal(got, want)

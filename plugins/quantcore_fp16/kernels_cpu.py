@@ -74,6 +74,7 @@ class _Fp16Linear:
         self.packed: Any = None
         self.spec, self.scale = request.weight.spec, request.weight.scale
         self.zero_point = request.weight.zero_point
+        self.after_graph_call: Callable[[], None] | None = None
         self.graph_handle = graph_handle(self, (request.weight.data.shape[0],))
 
     def _plain_weight_as(self, dtype: torch.dtype) -> torch.Tensor:
@@ -129,7 +130,10 @@ class _Fp16Linear:
 def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
     """A layer's whole eager call as one opaque op of a torch.compile graph."""
     kernel: _Fp16Linear = kernel_of_handle(handle)
-    return kernel(x)
+    out = kernel(x)
+    if kernel.after_graph_call is not None:  # the layer's release check (PackedWeightKernel)
+        kernel.after_graph_call()
+    return out
 
 
 @_eager_linear_op.register_fake

@@ -330,6 +330,7 @@ class _Int8Linear:
         self.min_single_token_span = 2 * _FBGEMM_MIN_SCALE * (self.qmax - self.qmin)
         self.packed: dict[str, Any] = {}
         self.activation, self.bits = request.activation, bits
+        self.after_graph_call: Callable[[], None] | None = None
         self.graph_handle = graph_handle(self, (self.out_features,))
 
     def _plain_int8(self) -> torch.Tensor:
@@ -480,7 +481,10 @@ def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
     """A layer's whole eager call as one opaque op of a torch.compile graph (fbgemm's calls:
     its packed weights are script objects, which graphs cannot hold)."""
     kernel: _Int8Linear = kernel_of_handle(handle)
-    return kernel(x)
+    out = kernel(x)
+    if kernel.after_graph_call is not None:  # the layer's release check (PackedWeightKernel)
+        kernel.after_graph_call()
+    return out
 
 
 @_eager_linear_op.register_fake

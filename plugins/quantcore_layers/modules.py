@@ -3,6 +3,7 @@ through a kernel backend chosen for their device; the choice is redone when they
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -35,6 +36,19 @@ def select_kernel(
         f"no kernel backend for {request.op} on {request.weight.format} weights on "
         f"{request.device} (candidates: {names})"
     )
+
+
+def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` called through a weak reference: a kernel the module owns may keep it without
+    keeping the module alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 class QuantizedModule(nn.Module):
@@ -90,13 +104,21 @@ class QuantizedModule(nn.Module):
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())
         self.kernel_name = backend.name
         self._release_pending = isinstance(self._kernel, PackedWeightKernel)
+        if self._release_pending and hasattr(self._kernel, "after_graph_call"):
+            # a call the kernel runs inside a torch.compile graph op bypasses _call_kernel; the
+            # kernel reports it instead, so the plain weight goes under torch.compile too
+            self._kernel.after_graph_call = _weak_call(self._release_if_pending)
 
     def _call_kernel(self, *args: Any) -> torch.Tensor:
         assert self._kernel is not None
         out = self._kernel(*args)
-        if self._release_pending and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self._release_pending:
             self._release_plain_weight()
         return out
+
+    def _release_if_pending(self) -> None:
+        if self._release_pending:
+            self._release_plain_weight()
 
     def _release_plain_weight(self) -> None:
         """Drop the plain weight data once the kernel keeps a packed copy it can rebuild it
