@@ -9,7 +9,8 @@ packs stay. Each variant runs in its own subprocess, so one variant's memory nev
 against another's: the process builds the float model, quantizes it, frees the float model, then
 records its resident set (Linux ``VmRSS``, after ``malloc_trim``) once the libraries are loaded
 (the baseline every variant shares), after quantizing, after one decode step and after a
-128-token prefill. A measurement, not a test.
+128-token prefill. The "compiled" variants run the decode and the prefill through
+``torch.compile`` (the compiler's own memory counts too). A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ import torch
 
 from benchmarks.run import DECODER_SIZES, _release_free_memory, _rss_kib, build_decoder
 
-VARIANTS = ("fp32", "quantcore int8", "quantcore fp16", "torch.ao qint8", "torch.ao float16")
+VARIANTS = (
+    "fp32",
+    "quantcore int8",
+    "quantcore fp16",
+    "quantcore int8 compiled",
+    "quantcore fp16 compiled",
+    "torch.ao qint8",
+    "torch.ao float16",
+)
 STAGES = ("libraries", "quantized", "after decode", "after prefill")
 
 
@@ -42,7 +51,7 @@ def _quantize(model: torch.nn.Module, variant: str) -> torch.nn.Module:
 
         module = quantcore.quantize(model, variant.split()[1]).module
         assert module is not None
-        return module
+        return torch.compile(module) if variant.endswith("compiled") else module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
