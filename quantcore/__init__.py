@@ -43,6 +43,7 @@ from quantcore.errors import (
     UnsupportedInputError,
     did_you_mean,
 )
+from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handle
 from quantcore.hookspecs import hookimpl, hookspec
 from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
 from quantcore.plugin_manager import (
@@ -65,8 +66,6 @@ from quantcore.registrations import (
     PackedWeightKernel,
     Scheme,
     StateDictShard,
-    graph_handle,
-    kernel_of_handle,
 )
 from quantcore.report import LayerReport, QuantizationReport
 from quantcore.serialization import (
@@ -157,6 +156,7 @@ __all__ = [
     "WeightSpec",
     "__version__",
     "adapt_input",
+    "call_in_graph",
     "create_plugin_manager",
     "did_you_mean",
     "discover_plugins",

@@ -6,8 +6,7 @@ its hook implementations. The kernel validates them when it collects them.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -223,7 +222,7 @@ class PackedWeightKernel(Protocol):
     pickling).
 
     A kernel that also runs calls where the layer's own code does not run per call (inside one
-    op of a ``torch.compile`` graph, see :func:`graph_handle`) may have an ``after_graph_call``
+    op of a ``torch.compile`` graph, see :func:`quantcore.graph_handle`) may have an ``after_graph_call``
     attribute, None by default: quantcore's layers set it to a function that makes the same
     ``release_plain_weight()`` check, and the kernel calls it after each such call.
     """
@@ -231,37 +230,6 @@ class PackedWeightKernel(Protocol):
     def release_plain_weight(self) -> bool: ...
 
     def plain_weight(self) -> QuantizedWeight: ...
-
-
-_HANDLE_ATTRIBUTE = "_quantcore_kernel"
-
-
-def graph_handle(kernel: object, shape: Sequence[int]) -> torch.Tensor:
-    """A zero-size tensor that stands for ``kernel`` in ``torch.compile`` graphs.
-
-    A ``torch.library`` custom op takes tensors, not Python objects, so a prepared kernel whose
-    state is no tensor (a packed weight that is a script object, say) can run inside a compiled
-    graph only as an opaque op that receives this handle and gets the kernel back from
-    :func:`kernel_of_handle`. The handle's shape is ``(*shape, 0)``: no bytes, but enough for the
-    op's fake implementation to give the output's shape. It refers to the kernel weakly, so the
-    kernel may keep it without a reference cycle.
-    """
-    handle = torch.empty((*shape, 0))
-    setattr(handle, _HANDLE_ATTRIBUTE, weakref.ref(kernel))
-    return handle
-
-
-def kernel_of_handle(handle: torch.Tensor) -> Any:
-    """The kernel a :func:`graph_handle` stands for."""
-    ref = getattr(handle, _HANDLE_ATTRIBUTE, None)
-    kernel = None if ref is None else ref()
-    if kernel is None:
-        raise RuntimeError(
-            "this tensor is not a live quantcore graph handle: the compiled graph outlived the "
-            "quantized layer it was traced from (or was given another tensor); compile the "
-            "model again"
-        )
-    return kernel
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ cheap next to the GEMM, and MKL's float32 GEMM beats fbgemm's (the whole of all-
 float32 product of the same float16 weight values; only summation order differs.
 
 Under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
-(``quantcore_fp16::eager_linear``, given the kernel's ``quantcore.graph_handle``): the packed
+(``quantcore.call_in_graph`` with the kernel's graph handle): the packed
 weight is a script object, which graphs cannot hold. (Widening the weight inside the graph
 instead took 1.1-1.9x fbgemm's time at 16-128 tokens on all-MiniLM-L6-v2's layers.)
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest, QuantizedWeight, graph_handle, kernel_of_handle
+from quantcore import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
 
 # Calls with at most this many tokens use the fbgemm fp16 kernel; more widen the weight.
 FBGEMM_FP16_MAX_TOKENS = 1024
@@ -118,27 +118,11 @@ class _Fp16Linear:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self._plain_weight_as(x.dtype), bias)
         if torch.compiler.is_compiling():  # the packed weight cannot enter a graph; the call can
-            whole: torch.Tensor = torch.ops.quantcore_fp16.eager_linear(x, self.graph_handle)
-            return whole
+            return call_in_graph(self.graph_handle, x)
         if x.dim() >= 2:  # fbgemm takes [..., in_features] as it is (no reshapes: decode)
             return self._fbgemm(x)
         y: torch.Tensor = self._fbgemm(x.reshape(1, -1))
         return y.reshape(-1)
-
-
-@torch.library.custom_op("quantcore_fp16::eager_linear", mutates_args=())
-def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
-    """A layer's whole eager call as one opaque op of a torch.compile graph."""
-    kernel: _Fp16Linear = kernel_of_handle(handle)
-    out = kernel(x)
-    if kernel.after_graph_call is not None:  # the layer's release check (PackedWeightKernel)
-        kernel.after_graph_call()
-    return out
-
-
-@_eager_linear_op.register_fake
-def _eager_linear_fake(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], handle.shape[0]))
 
 
 def prepare_fbgemm_fp16_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -25,8 +25,7 @@ backend uses the same width (:func:`activation_bits`), so the fast path stays ex
   values pass through unchanged. For one token, per tensor is per token, so the raw token goes
   in (one call instead of about thirty small ops around it). Its packed weight is no tensor, so
   under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
-  (``quantcore_int8::eager_linear``, given the kernel's ``quantcore.graph_handle``), which runs
-  the eager path. (Sending those calls to oneDNN instead would cost more: its GEMM took
+  (``quantcore.call_in_graph`` with the kernel's graph handle), which runs the eager path. (Sending those calls to oneDNN instead would cost more: its GEMM took
   1.5-2.5x fbgemm's time at 1-8 tokens here.)
 
 Weights are packed lazily on the first call: quantizing a model (or loading one to save it
@@ -49,8 +48,8 @@ from quantcore import (
     Granularity,
     KernelRequest,
     QuantizedWeight,
+    call_in_graph,
     graph_handle,
-    kernel_of_handle,
 )
 from quantcore_int8.quantization import (
     MIN_ACTIVATION_BOUND,
@@ -452,8 +451,7 @@ class _Int8Linear:
         if torch.compiler.is_compiling() and x.numel() <= self.fbgemm_up_to * self.in_features:
             # fbgemm will serve it: its packed weight cannot enter a graph, so the whole call
             # does, as one opaque op that runs this method eagerly
-            whole: torch.Tensor = torch.ops.quantcore_int8.eager_linear(x, self.graph_handle)
-            return whole
+            return call_in_graph(self.graph_handle, x)
         if self.fbgemm_single_token and x.numel() == self.in_features and x.dim() >= 2:
             # decode: fbgemm takes the token as it comes ([..., 1, in_features], any strides)
             y1: torch.Tensor | None = self._single_token(x)
@@ -474,22 +472,6 @@ class _Int8Linear:
         token_scale = bound.div_(self.qmax)
         y = y.mul_(token_scale) if self.bias is None else torch.addcmul(self.bias, y, token_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)
-
-
-@torch.library.custom_op("quantcore_int8::eager_linear", mutates_args=())
-def _eager_linear_op(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
-    """A layer's whole eager call as one opaque op of a torch.compile graph (fbgemm's calls:
-    its packed weights are script objects, which graphs cannot hold)."""
-    kernel: _Int8Linear = kernel_of_handle(handle)
-    out = kernel(x)
-    if kernel.after_graph_call is not None:  # the layer's release check (PackedWeightKernel)
-        kernel.after_graph_call()
-    return out
-
-
-@_eager_linear_op.register_fake
-def _eager_linear_fake(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], handle.shape[0]))
 
 
 @torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]
