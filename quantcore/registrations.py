@@ -221,10 +221,11 @@ class PackedWeightKernel(Protocol):
     tensor, and asks ``plain_weight()`` for it whenever it is read (state dict, saving, moves,
     pickling).
 
-    A kernel that also runs calls where the layer's own code does not run per call (inside one
-    op of a ``torch.compile`` graph, see :func:`quantcore.graph_handle`) may have an ``after_graph_call``
-    attribute, None by default: quantcore's layers set it to a function that makes the same
-    ``release_plain_weight()`` check, and the kernel calls it after each such call.
+    A kernel that runs some calls where the layer's own code does not run per call (as one op
+    of a ``torch.compile`` graph, :func:`quantcore.call_in_graph`) may have an
+    ``after_graph_call`` attribute, None by default: quantcore's layers set it to a function
+    that makes the same ``release_plain_weight()`` check, and ``call_in_graph``'s op calls it
+    after each call it runs.
     """
 
     def release_plain_weight(self) -> bool: ...

@@ -8,10 +8,10 @@ cheap next to the GEMM, and MKL's float32 GEMM beats fbgemm's (the whole of all-
 32x128 ran about 10 % slower on fbgemm here); that is the reference's math. Both compute the
 float32 product of the same float16 weight values; only summation order differs.
 
-Under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
-(``quantcore.call_in_graph`` with the kernel's graph handle): the packed
-weight is a script object, which graphs cannot hold. (Widening the weight inside the graph
-instead took 1.1-1.9x fbgemm's time at 16-128 tokens on all-MiniLM-L6-v2's layers.)
+Under ``torch.compile`` a call that fbgemm serves enters the graph whole, as one opaque op
+(``quantcore.call_in_graph`` with the kernel's graph handle): the packed weight is a script
+object, which graphs cannot hold. (Widening the weight inside the graph instead took 1.1-1.9x
+fbgemm's time at 16-128 tokens on all-MiniLM-L6-v2's layers.)
 
 Memory: once the fbgemm pack exists, it is the layer's only copy (the plain weight is released,
 quantcore.PackedWeightKernel) until the layer serves a call of many tokens; then a plain copy

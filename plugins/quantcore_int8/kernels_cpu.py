@@ -24,9 +24,10 @@ backend uses the same width (:func:`activation_bits`), so the fast path stays ex
   pinning min and max make its scale exactly 1 and its zero point ours: the already-rounded
   values pass through unchanged. For one token, per tensor is per token, so the raw token goes
   in (one call instead of about thirty small ops around it). Its packed weight is no tensor, so
-  under ``torch.compile`` a call that fbgemm serves is one opaque custom op as a whole
-  (``quantcore.call_in_graph`` with the kernel's graph handle), which runs the eager path. (Sending those calls to oneDNN instead would cost more: its GEMM took
-  1.5-2.5x fbgemm's time at 1-8 tokens here.)
+  under ``torch.compile`` a call that fbgemm serves enters the graph whole, as one opaque op
+  (``quantcore.call_in_graph`` with the kernel's graph handle) that runs the eager path.
+  (Sending those calls to oneDNN instead would cost more: its GEMM took 1.5-2.5x fbgemm's time
+  at 1-8 tokens here.)
 
 Weights are packed lazily on the first call: quantizing a model (or loading one to save it
 again) never pays for packing, and the packed copy is never pickled.
