@@ -403,10 +403,13 @@ class _Int8Linear:
         y = y if self.bias is None else y.add_(self.bias)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
+    def _fbgemm_serves(self, tokens: int) -> bool:
+        return tokens <= self.fbgemm_up_to
+
     def _input_buffer(self, tokens: int) -> torch.Tensor | None:
         """Where the rounded activations go: fbgemm's input with its spare rows, or a new
         tensor (None) for oneDNN."""
-        if tokens <= self.fbgemm_up_to:
+        if self._fbgemm_serves(tokens):
             return torch.empty(tokens + _SPARE_ROWS, self.in_features)
         return None
 
@@ -449,7 +452,7 @@ class _Int8Linear:
             )
         if x.requires_grad and torch.is_grad_enabled():
             return self._differentiable(x)
-        if torch.compiler.is_compiling() and x.numel() <= self.fbgemm_up_to * self.in_features:
+        if torch.compiler.is_compiling() and self._fbgemm_serves(x.numel() // self.in_features):
             # fbgemm will serve it: its packed weight cannot enter a graph, so the whole call
             # does, as one opaque op that runs this method eagerly
             return call_in_graph(self.graph_handle, x)

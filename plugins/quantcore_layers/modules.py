@@ -112,8 +112,8 @@ class QuantizedModule(nn.Module):
     def _call_kernel(self, *args: Any) -> torch.Tensor:
         assert self._kernel is not None
         out = self._kernel(*args)
-        if not torch.compiler.is_compiling() and self._release_pending:
-            self._release_plain_weight()
+        if not torch.compiler.is_compiling():  # not read while tracing: no guard on it
+            self._release_if_pending()
         return out
 
     def _release_if_pending(self) -> None:
