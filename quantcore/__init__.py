@@ -16,8 +16,11 @@ from quantcore.config import (
     load_config,
     resolve_config,
 )
+from quantcore.calibration import Batch, load_inputs
+from quantcore.compare import Comparison, ErrorStats, compare
 from quantcore.context import ConversionContext
 from quantcore.errors import (
+    AccuracyError,
     CheckpointError,
     ConfigError,
     ConfigFileError,
@@ -95,6 +98,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AccuracyError",
+    "Batch",
+    "Comparison",
+    "ErrorStats",
+    "compare",
+    "load_inputs",
     "CONFIG_ENV_VAR",
     "DISABLE_ENV_VAR",
     "ENTRY_POINT_GROUP",

@@ -199,6 +199,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quantcore.cli_accuracy import add_analyze_command
     from quantcore.config import add_config_argument
 
     parser = argparse.ArgumentParser(
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=_cmd_plugins)
 
     add_config_command(sub)
+    add_analyze_command(sub)
 
     quantize = sub.add_parser(
         "quantize",

@@ -191,6 +191,11 @@ class LayerQuantizationError(QuantcoreError):
         )
 
 
+class AccuracyError(QuantcoreError, ValueError):
+    """Measuring accuracy is impossible as asked: sample inputs quantcore cannot read, two models
+    that do not match, an accuracy budget without calibration inputs or without a model to run."""
+
+
 class ConfigError(QuantcoreError, ValueError):
     """A configuration value (from a file, a pyproject table or a parameter) is unusable.
 

@@ -318,6 +318,9 @@ def _serialization_error(tmp: Path) -> BaseException:
 
 
 EXAMPLES: dict[str, Callable[[Path], BaseException | Warning]] = {
+    "AccuracyError": lambda _: _raised(
+        lambda: quantcore.compare(nn.Linear(2, 2), nn.Linear(2, 2), 3)
+    ),
     "CheckpointError": _checkpoint_error,
     "UnsafeCheckpointError": _unsafe_checkpoint,
     "MissingDependencyError": _missing_dependency,
