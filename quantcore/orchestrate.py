@@ -9,6 +9,7 @@ are cloned, and quantized layers are built fresh from the original weights one a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ from quantcore.errors import LayerQuantizationError, LayerSkipped
 from quantcore.manifest import LayerRecord, WeightRecord
 from quantcore.plugin_manager import Registry
 from quantcore.registrations import LayerMapper, Scheme
-from quantcore.report import LayerReport
+from quantcore.report import LayerReport, LayerStatus
 from quantcore.specs import LayerSpec
 
 logger = logging.getLogger("quantcore")
@@ -104,6 +105,11 @@ class _Resolved:
     skip_reason: str | None = None
     requested: bool = False
     notes: list[str] = field(default_factory=list)
+    kept: bool = False  # the scheme keeps this kind float by default (LayerSpec.keep_reason)
+
+    @property
+    def status(self) -> LayerStatus:
+        return "kept" if self.kept else "skipped"
 
 
 def _resolve(
@@ -127,6 +133,14 @@ def _resolve(
             override,
             f"scheme {layer_scheme.name!r} does not quantize layer kind {kind!r}",
         )
+    if base.keep_reason is not None and decision.dtype is None:
+        reason = (
+            f"kept float by scheme {layer_scheme.name!r}: {base.keep_reason} (an override with "
+            f"dtype={layer_scheme.name!r} quantizes it)"
+        )
+        return _Resolved(layer_scheme, None, override, reason, kept=True)
+    if base.keep_reason is not None:
+        base = dataclasses.replace(base, keep_reason=None)
     spec, notes = apply_overrides(base, decision.overrides)
     return _Resolved(layer_scheme, spec, override, notes=notes)
 
@@ -235,7 +249,7 @@ def quantize_module(
             reports[name] = _layer_report(
                 name,
                 module,
-                status="skipped",
+                status=resolved.status,
                 layer_kind=mapper.layer_kind,
                 mapper=mapper.name,
                 reason=resolved.skip_reason,
@@ -426,7 +440,7 @@ def quantize_state_dict(
                 LayerReport(
                     name,
                     layer_type,
-                    "skipped",
+                    resolved.status if resolved is not None and left_out is None else "skipped",
                     mapper.layer_kind,
                     mapper=mapper.name,
                     reason=reason,

@@ -62,11 +62,16 @@ class ActivationSpec:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """A scheme's decision for one layer kind. ``activation=None`` means weight-only."""
+    """A scheme's decision for one layer kind. ``activation=None`` means weight-only.
+
+    ``keep_reason`` set: layers of this kind stay float by default (reported as kept, with this
+    reason); a per-layer override naming the scheme (``dtype=``) quantizes them with this spec.
+    """
 
     weight: WeightSpec
     activation: ActivationSpec | None = None
     reason: str = ""
+    keep_reason: str | None = None
 
     def describe(self) -> str:
         act = self.activation.describe() if self.activation else "float (weight-only)"

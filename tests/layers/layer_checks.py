@@ -71,13 +71,16 @@ def check_layer(
     call: Callable[[nn.Module, Sequence[Any]], Any] = lambda m, inp: m(*inp),
     bound: float | None = None,
     check_dtype: bool = True,
+    overrides: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[nn.Module, quantcore.QuantizationReport, float]:
     """Quantize ``model`` and check everything a quantized layer promises; returns the error."""
     model.eval()
     with torch.no_grad():
         expected = call(model, inputs)
     before = fingerprint(model)
-    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager)
+    result = quantcore.quantize(
+        model, scheme, plugin_manager=plugin_manager, overrides=overrides
+    )
     assert fingerprint(model) == before, "the caller's model was modified"
     quantized = result.module
     assert quantized is not None

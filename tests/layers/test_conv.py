@@ -11,6 +11,12 @@ from torch import nn
 import quantcore
 
 SCHEMES = ["int8", "fp16"]
+
+
+def opt_in(scheme: str) -> list[dict[str, str]]:
+    """INT8 keeps convolutions float by default; an override naming the scheme quantizes them."""
+    return [{"layer_type": "conv", "dtype": scheme}]
+
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 VARIANTS = [
     {},
@@ -33,7 +39,13 @@ def test_conv_variants(scheme: str, dims: int, variant: int, plugin_manager) -> 
     size = {1: (2, 4, 11), 2: (2, 4, 9, 8), 3: (2, 4, 6, 5, 7)}[dims]
     x = torch.relu(torch.randn(size))  # conv inputs are mostly post-activation
     quantized, _, _ = check_layer(
-        model, (x,), scheme, plugin_manager, kinds={"": "conv"}, check_dtype=variant < 2
+        model,
+        (x,),
+        scheme,
+        plugin_manager,
+        kinds={"": "conv"},
+        check_dtype=variant < 2,
+        overrides=opt_in(scheme),
     )
     assert isinstance(quantized, QuantizedConv)
     with torch.no_grad():  # unbatched input, as nn.Conv*d accepts
@@ -42,7 +54,9 @@ def test_conv_variants(scheme: str, dims: int, variant: int, plugin_manager) -> 
 
 def test_conv_int8_weights_are_per_output_channel(plugin_manager) -> None:
     model = nn.Conv2d(3, 6, 3)
-    quantized = quantcore.quantize(model, "int8", output="module", plugin_manager=plugin_manager)
+    quantized = quantcore.quantize(
+        model, "int8", output="module", plugin_manager=plugin_manager, overrides=opt_in("int8")
+    )
     assert quantized._buffers["weight"].dtype == torch.int8
     assert quantized.weight.shape == model.weight.shape
     assert quantized.weight_scale.shape == (6,)
@@ -63,7 +77,12 @@ def test_small_cnn(scheme: str, plugin_manager) -> None:
     ).eval()
     x = torch.randn(2, 3, 12, 12)
     quantized, report, _ = check_layer(
-        model, (x,), scheme, plugin_manager, kinds={"0": "conv", "3": "conv", "7": "linear"}
+        model,
+        (x,),
+        scheme,
+        plugin_manager,
+        kinds={"0": "conv", "3": "conv", "7": "linear"},
+        overrides=opt_in(scheme),
     )
     batch_norm = quantized[1]
     assert batch_norm.num_batches_tracked.dtype == torch.long  # non-float buffers left as they are
@@ -72,7 +91,23 @@ def test_small_cnn(scheme: str, plugin_manager) -> None:
 
 def test_transposed_convolutions_are_reported_not_quantized(plugin_manager) -> None:
     model = nn.Sequential(nn.ConvTranspose2d(4, 4, 3), nn.Conv2d(4, 4, 1))
-    report = quantcore.quantize(model, "int8", plugin_manager=plugin_manager).report
+    report = quantcore.quantize(
+        model, "int8", plugin_manager=plugin_manager, overrides=opt_in("int8")
+    ).report
     lines = {line.name: line for line in report}
     assert lines["0"].status == "skipped" and "no mapper" in (lines["0"].reason or "")
     assert lines["1"].status == "quantized"
+
+
+def test_int8_keeps_convolutions_float_by_default_with_the_measured_reason(plugin_manager) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    int8 = quantcore.quantize(model, "int8", plugin_manager=plugin_manager)
+    lines = {line.name: line for line in int8.report}
+    assert lines["0"].status == "kept" and lines["0"].layer_kind == "conv"
+    assert "MobileNet-v2" in (lines["0"].reason or "") and "dtype='int8'" in (lines["0"].reason or "")
+    assert type(int8.module[0]) is nn.Conv2d and lines["2"].status == "quantized"  # type: ignore[index]
+    from_state_dict = quantcore.quantize(model.state_dict(), "int8", plugin_manager=plugin_manager)
+    assert [line.status for line in from_state_dict.report] == ["kept", "quantized"]
+    assert from_state_dict.state_dict["0.weight"].dtype == torch.float32
+    fp16 = quantcore.quantize(model, "fp16", plugin_manager=plugin_manager)
+    assert [line.status for line in fp16.report] == ["quantized", "quantized"]

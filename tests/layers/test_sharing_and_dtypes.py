@@ -44,7 +44,8 @@ def test_weight_norm_parametrizations_are_quantized_from_their_value(
         parametrizations.weight_norm(nn.Linear(6, 8)),  # computed weights: ids could be reused
     )
     torch.nn.init.normal_(model[0].parametrizations.weight.original0, 3.0)
-    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager)
+    convs = [{"layer_type": "conv", "dtype": scheme}]  # INT8 keeps convolutions float by default
+    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager, overrides=convs)
     q = result.module
     assert q is not None
     for i in range(3):
@@ -100,7 +101,8 @@ def test_low_precision_submodules_keep_their_dtype(
 
     model = Mixed().eval()
     tokens = torch.randint(0, 20, (2, 6))
-    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager)
+    convs = [{"layer_type": "conv", "dtype": scheme}]  # INT8 keeps convolutions float by default
+    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager, overrides=convs)
     assert len(result.report.quantized) == 5
     assert result.module is not None
     with torch.no_grad():

@@ -84,6 +84,10 @@ EXPECTED_FLOAT_KINDS = {
 }
 
 
+# Kinds a scheme keeps float by default (LayerSpec.keep_reason; docs/schemes.md).
+KEPT_BY_SCHEME: dict[str, set[str]] = {"int8": {"conv"}, "fp16": set()}
+
+
 def _compare(entry: ZooEntry, output: torch.Tensor, reference: torch.Tensor) -> float:
     if entry.name == "transformer_encoder_post_norm":
         # torch's float fast path returns 0 at padded positions, its slow path (which quantized
@@ -128,6 +132,11 @@ def test_zoo_entry(entry: ZooEntry, dtype: str, manager: quantcore.QuantcorePlug
         assert reason in skipped[name], (name, skipped[name])
 
     quantized_kinds = {layer.layer_kind for layer in result.report.quantized}
-    wanted = {KIND[k] for k in entry.layer_kinds} - EXPECTED_FLOAT_KINDS.get(entry.name, set())
+    float_kinds = EXPECTED_FLOAT_KINDS.get(entry.name, set()) | KEPT_BY_SCHEME[dtype]
+    wanted = {KIND[k] for k in entry.layer_kinds} - float_kinds
     assert wanted <= quantized_kinds, f"kinds not quantized: {wanted - quantized_kinds}"
-    assert result.report.size_after < result.report.size_before
+    kept_kinds = {layer.layer_kind for layer in result.report.kept}
+    assert not quantized_kinds & KEPT_BY_SCHEME[dtype], "a kind the scheme keeps was quantized"
+    assert {KIND[k] for k in entry.layer_kinds} & KEPT_BY_SCHEME[dtype] <= kept_kinds
+    if wanted:
+        assert result.report.size_after < result.report.size_before
