@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -148,6 +148,12 @@ def quantize(
     strict: bool | None = ...,
     log_level: str | None = ...,
     progress: Progress | None = ...,
+    calibration: object = ...,
+    max_error: float | None = ...,
+    error_metric: str | Callable[[Any, Any], float] | None = ...,
+    fallback: str | None = ...,
+    smooth: bool | None = ...,
+    smooth_alpha: float | None = ...,
 ) -> QuantizationResult: ...
 @overload
 def quantize(
@@ -164,6 +170,12 @@ def quantize(
     strict: bool | None = ...,
     log_level: str | None = ...,
     progress: Progress | None = ...,
+    calibration: object = ...,
+    max_error: float | None = ...,
+    error_metric: str | Callable[[Any, Any], float] | None = ...,
+    fallback: str | None = ...,
+    smooth: bool | None = ...,
+    smooth_alpha: float | None = ...,
 ) -> nn.Module: ...
 @overload
 def quantize(
@@ -180,6 +192,12 @@ def quantize(
     strict: bool | None = ...,
     log_level: str | None = ...,
     progress: Progress | None = ...,
+    calibration: object = ...,
+    max_error: float | None = ...,
+    error_metric: str | Callable[[Any, Any], float] | None = ...,
+    fallback: str | None = ...,
+    smooth: bool | None = ...,
+    smooth_alpha: float | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 def quantize(
     obj: object,
@@ -195,6 +213,12 @@ def quantize(
     strict: bool | None = None,
     log_level: str | None = None,
     progress: Progress | None = None,
+    calibration: object = None,
+    max_error: float | None = None,
+    error_metric: str | Callable[[Any, Any], float] | None = None,
+    fallback: str | None = None,
+    smooth: bool | None = None,
+    smooth_alpha: float | None = None,
 ) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
     """Quantize a model (``nn.Module``) or a state dict with dynamic quantization.
 
@@ -219,24 +243,46 @@ def quantize(
         strict: turn third-party plugin failures, and patterns that match no layer, into errors.
         log_level: level of the ``"quantcore"`` logger during this call (restored afterwards).
         progress: called as ``progress(done, total, layer_name)`` while layers are converted.
+        calibration: sample inputs (a batch, or a list/iterable of batches, as
+            :func:`quantcore.compare` takes them). With them the report gives the output error
+            measured on them, and the settings below act (see docs/accuracy.md).
+        max_error: accuracy budget: the most sensitive layers are kept back (float, or
+            ``fallback``) until the output error on ``calibration`` is within it.
+        error_metric: what ``max_error`` bounds: ``"relative_l2"`` (default), ``"cosine"``
+            (1 - cosine similarity) or ``metric(float_output, quantized_output) -> float``
+            (averaged over batches).
+        fallback: the scheme for layers kept back (``"fp16"``, say); default float.
+        smooth: SmoothQuant-style outlier smoothing from ``calibration``, kept per layer group
+            only where it lowers that group's error.
+        smooth_alpha: its migration strength (default 0.5).
 
     Layers that cannot be quantized are kept in float and listed in the report as skipped.
     """
     if output not in ("result", "module", "state_dict"):
         raise ValueError(f"output must be 'result', 'module' or 'state_dict', not {output!r}")
-    with configured_job(
-        obj,
-        plugin_manager,
-        config,
-        dtype=dtype,
-        include=include,
-        exclude=exclude,
-        overrides=overrides,
-        disable_plugins=disable_plugins,
-        strict=strict,
-        log_level=log_level,
-    ) as job:
-        result = job.run(job.adapted, progress)
+    with preserved_global_state():
+        effective = resolve_settings(
+            config,
+            dtype=dtype,
+            include=include,
+            exclude=exclude,
+            overrides=overrides,
+            disable_plugins=disable_plugins,
+            strict=strict,
+            log_level=log_level,
+            max_error=max_error,
+            error_metric=error_metric,
+            fallback=fallback,
+            smooth=smooth,
+            smooth_alpha=smooth_alpha,
+        )
+    if calibration is not None or effective.max_error is not None or effective.smooth:
+        from quantcore.accuracy import quantize_calibrated
+
+        result = quantize_calibrated(obj, calibration, effective, plugin_manager, progress)
+    else:
+        with configured_job(obj, plugin_manager, effective) as job:
+            result = job.run(job.adapted, progress)
     if output == "module":
         if result.module is None:
             raise ValueError(
@@ -258,8 +304,12 @@ def resolve_settings(
     disable_plugins: Iterable[str] | None = None,
     strict: bool | None = None,
     log_level: str | None = None,
+    **accuracy: object,
 ) -> QuantizeConfig:
-    """The effective configuration of a call: parameters over files over defaults."""
+    """The effective configuration of a call: parameters over files over defaults.
+
+    ``accuracy``: the accuracy settings (``max_error``, ``error_metric``, ``fallback``,
+    ``smooth``, ``smooth_alpha``), None where not given."""
     if isinstance(dtype, torch.dtype):
         dtype = _TORCH_DTYPE_NAMES.get(dtype, str(dtype))
     if dtype is not None and not isinstance(dtype, str):
@@ -272,6 +322,7 @@ def resolve_settings(
         "disable_plugins": None if disable_plugins is None else list(disable_plugins),
         "strict": strict,
         "log_level": log_level,
+        **accuracy,
     }
     return resolve_config(config, parameters=parameters)
 

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -56,6 +56,7 @@ ENVIRONMENT_SOURCE = "environment"
 REGEX_PREFIX = "re:"
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ERROR_METRICS = ("relative_l2", "cosine")
 OVERRIDE_GRANULARITIES = (Granularity.PER_TENSOR.value, Granularity.PER_CHANNEL.value)
 
 # key -> human description of the expected type (used in messages and docs)
@@ -68,6 +69,12 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "disable_plugins": "list of strings (plugin or distribution names)",
         "strict": "boolean",
         "log_level": f"string ({', '.join(LOG_LEVELS)})",
+        # accuracy (docs/accuracy.md); they act only with calibration inputs
+        "max_error": "number > 0 (accuracy budget on the outputs)",
+        "error_metric": f"string ({', '.join(ERROR_METRICS)}; in Python also a callable)",
+        "fallback": "string (scheme for layers the budget keeps back; default: float)",
+        "smooth": "boolean (outlier smoothing from the calibration inputs)",
+        "smooth_alpha": "number in [0, 1] (migration strength of smoothing)",
     }
 )
 SYNONYMS: Mapping[str, str] = MappingProxyType({"scheme": "dtype"})
@@ -164,6 +171,11 @@ class QuantizeConfig:
     disable_plugins: tuple[str, ...] = ()
     strict: bool = False
     log_level: str | None = None  # None: leave the "quantcore" logger as the caller set it
+    max_error: float | None = None
+    error_metric: str | Callable[[Any, Any], float] = "relative_l2"
+    fallback: str | None = None
+    smooth: bool = False
+    smooth_alpha: float = 0.5
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType(dict.fromkeys(SETTINGS, DEFAULT_SOURCE))
     )
@@ -182,6 +194,8 @@ class QuantizeConfig:
             value: Any = getattr(self, key)
             if key == "overrides":
                 value = [o.to_dict() | {"source": o.source} for o in self.overrides]
+            elif callable(value):
+                value = getattr(value, "__qualname__", repr(value))
             elif isinstance(value, tuple):
                 value = list(value)
             settings[key] = {"value": value, "source": self.source(key)}
@@ -232,6 +246,10 @@ def _display(config: QuantizeConfig, key: str) -> str:
         return "(logger unchanged)"
     if key == "overrides":
         return "; ".join(o.describe() for o in value) or "none"
+    if value is None and key in ("max_error", "fallback"):
+        return "none" if key == "max_error" else "float"
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
     if isinstance(value, tuple):
         return ", ".join(value) if value else "none"
     return _toml_value(value)
@@ -505,6 +523,8 @@ def parse_settings(
                     source, shown, f"unknown log level {value!r}", allowed=LOG_LEVELS, got=text
                 )
             out[key] = text
+        elif key in _ACCURACY_KEYS:
+            out[key] = _parse_accuracy(key, value, source, shown, python)
         elif key == "overrides":
             if isinstance(value, (Mapping, str, Override)) or not isinstance(value, (list, tuple)):
                 raise ConfigTypeError(
@@ -517,6 +537,35 @@ def parse_settings(
                 _parse_override(raw, source, f"{shown}[{i}]", i) for i, raw in enumerate(value)
             )
     return out
+
+
+_ACCURACY_KEYS = ("max_error", "error_metric", "fallback", "smooth", "smooth_alpha")
+
+
+def _parse_accuracy(key: str, value: object, source: str, shown: str, python: bool) -> object:
+    """The accuracy settings: numbers in range, a known metric (or a callable from Python)."""
+    if key == "smooth":
+        return _expect_bool(value, source, shown)
+    if key == "fallback":
+        return _expect_str(value, source, shown, SETTINGS[key]).strip()
+    if key == "error_metric":
+        if python and callable(value):
+            return value
+        text = _expect_str(value, source, shown, SETTINGS[key])
+        if text not in ERROR_METRICS:
+            raise ConfigValueError(
+                source, shown, f"unknown error metric {text!r}", allowed=ERROR_METRICS, got=text
+            )
+        return text
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigTypeError(
+            source, shown, f"must be a {SETTINGS[key]}, got {_type_name(value)} {value!r}"
+        )
+    number = float(value)
+    low_ok = number > 0 if key == "max_error" else number >= 0
+    if not (low_ok and (key == "max_error" or number <= 1) and number == number):
+        raise ConfigValueError(source, shown, f"must be a {SETTINGS[key]}, got {value!r}")
+    return number
 
 
 def read_config_file(path: str | os.PathLike[str], *, role: str = "config=") -> dict[str, Any]:
@@ -687,6 +736,8 @@ def validate_names(config: QuantizeConfig, registry: Registry) -> None:
     file and key.
     """
     _check_scheme(config.dtype, config.source("dtype"), "dtype", registry)
+    if config.fallback is not None:
+        _check_scheme(config.fallback, config.source("fallback"), "fallback", registry)
     for o in config.overrides:
         key = f"overrides[{o.index}]"
         if o.dtype is not None:

@@ -31,6 +31,46 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
+class KeptForAccuracy:
+    """A layer the accuracy budget kept back (float, or the fallback scheme)."""
+
+    name: str
+    sensitivity: float  # output error with only this layer quantized
+    fallback: str | None = None  # the scheme it got instead; None: float
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """What calibration measured: the output error before and after the budget, the layers kept
+    back, and how many forward passes it took (see docs/accuracy.md)."""
+
+    metric: str
+    batches: int
+    error: float  # of the returned model, measured on the calibration inputs
+    error_all_quantized: float
+    max_error: float | None = None
+    kept: tuple[KeptForAccuracy, ...] = ()
+    forward_passes: int = 0
+    smoothed: tuple[str, ...] = ()  # one line per smoothed layer group
+
+    @property
+    def met(self) -> bool:
+        return self.max_error is None or self.error <= self.max_error
+
+    def lines(self) -> list[str]:
+        budget = "" if self.max_error is None else f" (budget {self.max_error:g}: "
+        if budget:
+            budget += "met)" if self.met else "NOT met)"
+        out = [
+            f"accuracy: {self.metric} error {self.error:.5g}{budget} on {self.batches} "
+            f"calibration batch(es); {self.error_all_quantized:.5g} with every layer quantized; "
+            f"{self.forward_passes} forward passes"
+        ]
+        out += [f"smoothed: {line}" for line in self.smoothed]
+        return out
+
+
+@dataclass(frozen=True)
 class QuantizationReport:
     scheme: str
     input_description: str
@@ -42,6 +82,7 @@ class QuantizationReport:
     config: QuantizeConfig | None = (
         None  # the effective configuration and where each value came from
     )
+    accuracy: AccuracyReport | None = None  # with calibration inputs only
 
     @property
     def quantized(self) -> tuple[LayerReport, ...]:
@@ -66,6 +107,7 @@ class QuantizationReport:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["layers"] = [asdict(layer) for layer in self.layers]
         out["config"] = self.config.to_dict() if self.config is not None else None
+        out["accuracy"] = asdict(self.accuracy) if self.accuracy is not None else None
         return out
 
     def summary(self) -> str:
@@ -80,6 +122,8 @@ class QuantizationReport:
         lines += [f"  note: {n}" for n in self.notes]
         if self.config is not None:
             lines += [f"  config: {line}" for line in self.config.non_default()]
+        if self.accuracy is not None:
+            lines += [f"  {line}" for line in self.accuracy.lines()]
         if not self.layers:
             lines.append("  (the input holds no layers with float weights)")
         name_width = min(48, max((len(layer.name) for layer in self.layers), default=6))
