@@ -8,6 +8,8 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 from importlib_metadata import PackageNotFoundError, version
 
 from quantcore.api import QuantizationResult, adapt_input, list_plugins, manifest_of, quantize
+from quantcore.calibration import Batch, load_inputs
+from quantcore.compare import Comparison, ErrorStats, compare
 from quantcore.config import (
     CONFIG_ENV_VAR,
     ConfigFile,
@@ -16,8 +18,6 @@ from quantcore.config import (
     load_config,
     resolve_config,
 )
-from quantcore.calibration import Batch, load_inputs
-from quantcore.compare import Comparison, ErrorStats, compare
 from quantcore.context import ConversionContext
 from quantcore.errors import (
     AccuracyError,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -174,7 +173,8 @@ def quantize_calibrated(
     )
     meter = ErrorMeter(config.error_metric, batches)
     meter.record_references(obj)
-    model, smoothed = obj, ()
+    model: nn.Module = obj
+    smoothed: tuple[str, ...] = ()
     if config.smooth:
         from quantcore.smoothing import smooth_model
 
@@ -248,7 +248,9 @@ def _finish(
     for layer in result.report.layers:
         k = kept.get(layer.name)
         if k is not None:
-            why = f"output {accuracy.metric} error {k.sensitivity:.4g} with only this layer quantized"
+            why = (
+                f"output {accuracy.metric} error {k.sensitivity:.4g} with only this layer quantized"
+            )
             if k.fallback is None:
                 layer = dataclasses.replace(
                     layer,
@@ -277,5 +279,3 @@ def _finish(
             accuracy.kept[0].fallback or "float" if accuracy.kept else "float",
         )
     return dataclasses.replace(result, report=report)
-
-

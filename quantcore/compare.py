@@ -31,8 +31,8 @@ logger = logging.getLogger("quantcore")
 class ErrorStats:
     """Error of one output or one layer, over every call and batch measured.
 
-    ``relative_l2`` is ``‖y_q − y‖ / ‖y‖`` and ``cosine`` the cosine similarity, both over all
-    elements of all calls together; ``max_abs`` the largest ``|y_q − y|``.
+    ``relative_l2`` is ``||y_q - y|| / ||y||`` and ``cosine`` the cosine similarity, both over all
+    elements of all calls together; ``max_abs`` the largest ``|y_q - y|``.
     """
 
     name: str

@@ -182,7 +182,7 @@ def _folds(model: nn.Module, observation: _Observation, alpha: float) -> list[_F
             observation.sources.get(c) != {producer} for c in consumers
         ):
             continue
-        weights = [modules[c].weight.detach() for c in consumers]  # type: ignore[union-attr]
+        weights = [modules[c].weight.detach() for c in consumers]
         w_max = torch.cat([w.abs() for w in weights]).amax(0).float()
         x_max = observation.channel_max[consumers[0]]
         scales = (x_max.clamp(min=1e-5) ** alpha / w_max.clamp(min=1e-5) ** (1 - alpha)).clamp(
@@ -193,7 +193,9 @@ def _folds(model: nn.Module, observation: _Observation, alpha: float) -> list[_F
     return folds
 
 
-def _scaled_copy(module: nn.Module, rows: torch.Tensor | None, columns: torch.Tensor | None) -> nn.Module:
+def _scaled_copy(
+    module: nn.Module, rows: torch.Tensor | None, columns: torch.Tensor | None
+) -> nn.Module:
     """A copy of a leaf module with its weight (and bias) divided per output row by ``rows``, or
     its weight multiplied per input column by ``columns``; everything else shared."""
     new = _shallow_copy(module)
@@ -206,11 +208,17 @@ def _scaled_copy(module: nn.Module, rows: torch.Tensor | None, columns: torch.Te
     with torch.no_grad():
         if rows is not None:
             shape = (-1,) + (1,) * (weight.dim() - 1)
-            new._parameters["weight"] = nn.Parameter(weight / rows.reshape(shape).to(weight.dtype), weight.requires_grad)
+            new._parameters["weight"] = nn.Parameter(
+                weight / rows.reshape(shape).to(weight.dtype), weight.requires_grad
+            )
             if bias is not None:
-                new._parameters["bias"] = nn.Parameter(bias / rows.to(bias.dtype), bias.requires_grad)
+                new._parameters["bias"] = nn.Parameter(
+                    bias / rows.to(bias.dtype), bias.requires_grad
+                )
         if columns is not None:
-            new._parameters["weight"] = nn.Parameter(weight * columns.to(weight.dtype), weight.requires_grad)
+            new._parameters["weight"] = nn.Parameter(
+                weight * columns.to(weight.dtype), weight.requires_grad
+            )
     return new
 
 
@@ -220,7 +228,9 @@ def _apply(model: nn.Module, folds: Sequence[_Fold]) -> nn.Module:
     modules = dict(model.named_modules())
     replaced: dict[int, nn.Module] = {}
     for fold in folds:
-        replaced[id(modules[fold.producer])] = _scaled_copy(modules[fold.producer], fold.scales, None)
+        replaced[id(modules[fold.producer])] = _scaled_copy(
+            modules[fold.producer], fold.scales, None
+        )
         for consumer in fold.consumers:
             replaced[id(modules[consumer])] = _scaled_copy(modules[consumer], None, fold.scales)
     memo: dict[int, nn.Module] = {}
@@ -235,7 +245,7 @@ def _apply(model: nn.Module, folds: Sequence[_Fold]) -> nn.Module:
             new = module
             if any(children[k] is not c for k, c in module._modules.items()):
                 new = _shallow_copy(module)
-                new._modules = children  # type: ignore[assignment]
+                new._modules = children
                 for attr in _HOOK_DICTS:
                     if attr in module.__dict__:
                         new.__dict__[attr] = OrderedDict(module.__dict__[attr])
@@ -305,12 +315,12 @@ def _helpful(
     errors = []
     for candidate in (model, smoothed):
         quantized = quantize(candidate, config=inner, plugin_manager=manager, output="module")
-        errors.append({s.name: s.relative_l2 for s in compare(candidate, quantized, batches).layers})
+        errors.append(
+            {s.name: s.relative_l2 for s in compare(candidate, quantized, batches).layers}
+        )
     kept = []
     for fold in folds:
-        before, after = (
-            sum(e.get(c, 0.0) ** 2 for c in fold.consumers) ** 0.5 for e in errors
-        )
+        before, after = (sum(e.get(c, 0.0) ** 2 for c in fold.consumers) ** 0.5 for e in errors)
         ratio = float(fold.scales.max() / fold.scales.min())
         verdict = "kept" if after < before else "not kept"
         lines.append(

@@ -147,8 +147,6 @@ def test_text_table_and_json() -> None:
     assert math.isclose(data["outputs"][0]["relative_l2"], report.outputs[0].relative_l2)
 
 
-
-
 def test_cli_analyze(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inputs = tmp_path / "inputs.pt"
     torch.save(batches(2), inputs)

@@ -78,9 +78,7 @@ def check_layer(
     with torch.no_grad():
         expected = call(model, inputs)
     before = fingerprint(model)
-    result = quantcore.quantize(
-        model, scheme, plugin_manager=plugin_manager, overrides=overrides
-    )
+    result = quantcore.quantize(model, scheme, plugin_manager=plugin_manager, overrides=overrides)
     assert fingerprint(model) == before, "the caller's model was modified"
     quantized = result.module
     assert quantized is not None

@@ -17,6 +17,7 @@ def opt_in(scheme: str) -> list[dict[str, str]]:
     """INT8 keeps convolutions float by default; an override naming the scheme quantizes them."""
     return [{"layer_type": "conv", "dtype": scheme}]
 
+
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 VARIANTS = [
     {},
@@ -104,7 +105,9 @@ def test_int8_keeps_convolutions_float_by_default_with_the_measured_reason(plugi
     int8 = quantcore.quantize(model, "int8", plugin_manager=plugin_manager)
     lines = {line.name: line for line in int8.report}
     assert lines["0"].status == "kept" and lines["0"].layer_kind == "conv"
-    assert "MobileNet-v2" in (lines["0"].reason or "") and "dtype='int8'" in (lines["0"].reason or "")
+    assert "MobileNet-v2" in (lines["0"].reason or "") and "dtype='int8'" in (
+        lines["0"].reason or ""
+    )
     assert type(int8.module[0]) is nn.Conv2d and lines["2"].status == "quantized"  # type: ignore[index]
     from_state_dict = quantcore.quantize(model.state_dict(), "int8", plugin_manager=plugin_manager)
     assert [line.status for line in from_state_dict.report] == ["kept", "quantized"]

@@ -39,7 +39,10 @@ def test_state_dict_and_file_round_trip(scheme: str, tmp_path: Path, plugin_mana
     torch.manual_seed(0)
     model = AllKinds().eval()
     tokens, memory = torch.randint(0, 30, (2, 6)), torch.randn(2, 4, 8)
-    every = {"plugin_manager": plugin_manager, "overrides": [{"layer_type": "conv", "dtype": scheme}]}
+    every = {
+        "plugin_manager": plugin_manager,
+        "overrides": [{"layer_type": "conv", "dtype": scheme}],
+    }
     from_module = quantcore.quantize(model, scheme, **every)  # INT8 convs are opt-in
     from_state = quantcore.quantize(model.state_dict(), scheme, **every)
     assert set(from_module.state_dict) == set(from_state.state_dict)
