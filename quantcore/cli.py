@@ -105,11 +105,12 @@ class _Progress:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from quantcore.cli_accuracy import budget_settings, model_input
     from quantcore.serialization import quantize_to_file
 
     progress = _Progress(args.quiet)
     report, written = quantize_to_file(
-        args.input,
+        model_input(args),
         args.output,
         args.dtype,
         include=args.include,
@@ -117,6 +118,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         config=args.config,
         progress=progress.layer,
         shard_progress=progress.shards,
+        **budget_settings(args),
     )
     print(report)
     for path in written:
@@ -199,7 +201,11 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from quantcore.cli_accuracy import add_analyze_command
+    from quantcore.cli_accuracy import (
+        add_analyze_command,
+        add_budget_arguments,
+        add_model_argument,
+    )
     from quantcore.config import add_config_argument
 
     parser = argparse.ArgumentParser(
@@ -228,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         "input is quantized shard by shard and written sharded, with its own index. Load the "
         "output with quantcore.load(OUTPUT, skeleton).",
     )
-    quantize.add_argument("input", metavar="INPUT", help="checkpoint file, shard index or folder")
+    quantize.add_argument(
+        "input",
+        metavar="INPUT",
+        nargs="?",
+        help="checkpoint file, shard index or folder (or --model instead)",
+    )
     quantize.add_argument(
         "-o",
         "--output",
@@ -256,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="glob of layer names to keep in float (repeatable), e.g. 'lm_head' or 'encoder.*'",
     )
     add_config_argument(quantize)
+    add_model_argument(quantize, required=False)
+    add_budget_arguments(quantize)
     quantize.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     quantize.set_defaults(func=_cmd_quantize)
 

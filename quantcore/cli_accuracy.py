@@ -79,17 +79,30 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_input(args: argparse.Namespace) -> object:
+    """What ``quantcore quantize`` quantizes: the checkpoint INPUT, or the --model it builds."""
+    from quantcore.cli import UsageError
+
+    if (args.input is None) == (args.model is None):
+        raise UsageError("give a checkpoint INPUT or --model MODULE:FACTORY (one of them)")
+    if args.model is None:
+        return args.input
+    model = load_model_factory(args.model)
+    return model.eval()
+
+
 def budget_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The budget options given on the command line, as quantize() parameters."""
     from quantcore.calibration import load_inputs
 
-    return {
-        "calibration": load_inputs(args.calibration) if args.calibration else None,
+    settings = {
         "max_error": args.max_error,
         "error_metric": args.metric,
         "fallback": args.fallback,
         "smooth": args.smooth,
     }
+    calibration = load_inputs(args.calibration) if args.calibration else None
+    return {"calibration": calibration, **{k: v for k, v in settings.items() if v is not None}}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ from quantcore.api import (
     _log_report,
     attach_manifest,
     configured_job,
+    quantize,
+    resolve_settings,
     manifest_of,
     quantcore_version,
 )
@@ -531,23 +533,36 @@ def quantize_to_file(
     strict: bool | None = None,
     progress: Progress | None = None,
     shard_progress: ShardProgress | None = None,
+    calibration: object = None,
+    **accuracy: Any,
 ) -> tuple[QuantizationReport, tuple[Path, ...]]:
     """Quantize ``obj`` and write the result; returns the report and the files written.
 
     Settings resolve as in :func:`quantcore.quantize` (parameters over configuration files over
     defaults). A sharded input is quantized shard by shard and written as a sharded output with
     its own index (see :func:`sharded_names`), so memory stays bounded by the largest shard.
+    ``calibration`` and ``accuracy`` (``max_error``, ``error_metric``, ``fallback``, ``smooth``,
+    ``smooth_alpha``) act as in quantize(); they need a module input.
     """
-    with configured_job(
-        obj,
-        plugin_manager,
+    effective = resolve_settings(
         config,
         dtype=dtype,
         include=include,
         exclude=exclude,
         disable_plugins=disable_plugins,
         strict=strict,
-    ) as job:
+        **accuracy,
+    )
+    if calibration is not None or effective.max_error is not None or effective.smooth:
+        result = quantize(
+            obj,
+            config=effective,
+            plugin_manager=plugin_manager,
+            progress=progress,
+            calibration=calibration,
+        )
+        return result.report, (save(result, path),)
+    with configured_job(obj, plugin_manager, effective) as job:
         return _quantize_job_to_file(job, Path(path), progress, shard_progress)
 
 
