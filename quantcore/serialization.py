@@ -32,10 +32,10 @@ from quantcore.api import (
     _log_report,
     attach_manifest,
     configured_job,
-    quantize,
-    resolve_settings,
     manifest_of,
     quantcore_version,
+    quantize,
+    resolve_settings,
 )
 from quantcore.config import ConfigInput
 from quantcore.context import ConversionContext, SharedState
