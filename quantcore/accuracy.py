@@ -13,8 +13,9 @@ The search (docs/accuracy.md), with N the layers quantized and B the calibration
 4. a pruning pass, one try per kept layer, re-quantizing those the budget does not need;
 5. B passes to measure the returned model.
 
-Every pass runs one model whose swapped layers run their twin in a forward hook; ties in
-sensitivity go to model order, so the same inputs give the same result.
+Every pass runs the quantized model; a layer kept back runs its twin in a forward hook (so a
+kept-back layer costs its quantized and its float call in the search); ties in sensitivity go to
+model order, so the same inputs give the same result.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class ErrorMeter:
 
 
 class MixedModel:
-    """Two complete models of one architecture (every candidate layer quantized / every one
-    kept back) and the error of any mix of them: hooks on the model needing fewer swaps run the
-    other model's layer instead."""
+    """The quantized model with any set of its layers kept back: a forward hook on each such
+    layer returns what the kept-back model's layer (float, or the fallback scheme) gives for the
+    same input. The quantized model is always the one that runs, since a float model may take
+    other paths (torch's fused float encoder hands nested tensors to its layers)."""
 
     def __init__(
         self, quantized: nn.Module, kept: nn.Module, names: Sequence[str], meter: ErrorMeter
@@ -93,17 +95,11 @@ class MixedModel:
         self.quantized, self.kept, self.names, self.meter = quantized, kept, names, meter
 
     def error(self, kept_back: frozenset[str]) -> float:
-        quantized_names = [n for n in self.names if n not in kept_back]
-        if len(kept_back) <= len(quantized_names):
-            base, swapped, source = self.quantized, sorted(kept_back), self.kept
-        else:
-            base, swapped, source = self.kept, quantized_names, self.quantized
-
         def swap(name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
-            return source.get_submodule(name)(*args, **kwargs)
+            return self.kept.get_submodule(name)(*args, **kwargs)
 
-        with layer_hooks(base, swapped, swap):
-            return self.meter.error(base)
+        with layer_hooks(self.quantized, sorted(kept_back), swap):
+            return self.meter.error(self.quantized)
 
 
 def _search(mixed: MixedModel, max_error: float, sensitivity: dict[str, float]) -> list[str]:
