@@ -216,6 +216,25 @@ def part_convs(out: dict[str, Any]) -> None:
     out["convs"] = rows
 
 
+def budget_summary(model: nn.Module, budgeted: quantcore.QuantizationResult) -> dict[str, Any]:
+    """The budget's outcome: layers kept back, the share of weights still quantized, errors."""
+    accuracy = budgeted.report.accuracy
+    assert accuracy is not None
+    quantized_names = [line.name for line in budgeted.report.quantized]
+    kept_names = [k.name for k in accuracy.kept]
+    quantized_elements = weight_elements(model, quantized_names)
+    all_elements = quantized_elements + weight_elements(model, kept_names)
+    return {
+        "layers": len(quantized_names) + len(kept_names),
+        "kept": len(kept_names),
+        "weights_quantized": quantized_elements / all_elements if all_elements else 1.0,
+        "calibration_error": accuracy.error,
+        "error_all_quantized": accuracy.error_all_quantized,
+        "met": accuracy.met,
+        "forward_passes": accuracy.forward_passes,
+    }
+
+
 def _budget_row(entry: Any) -> dict[str, Any]:
     model, inputs = entry.build(), entry.make_inputs()
     reference = entry.run(model, inputs)
@@ -223,12 +242,7 @@ def _budget_row(entry: Any) -> dict[str, Any]:
     start = time.perf_counter()
     budgeted = quantcore.quantize(model, calibration=calibration_for(entry), max_error=BUDGET)
     search_seconds = time.perf_counter() - start
-    accuracy = budgeted.report.accuracy
-    assert accuracy is not None and budgeted.module is not None and full.module is not None
-    quantized_names = [line.name for line in budgeted.report.quantized]
-    kept_names = [k.name for k in accuracy.kept]
-    quantized_elements = weight_elements(model, quantized_names)
-    all_elements = quantized_elements + weight_elements(model, kept_names)
+    assert budgeted.module is not None and full.module is not None
     budget_time, default_time = time_ratios(
         lambda: entry.run(model, inputs),
         lambda: entry.run(budgeted.module, inputs),
@@ -236,17 +250,11 @@ def _budget_row(entry: Any) -> dict[str, Any]:
     )
     return {
         "model": entry.name,
-        "layers": len(quantized_names) + len(kept_names),
-        "kept": len(kept_names),
-        "weights_quantized": quantized_elements / all_elements if all_elements else 1.0,
-        "calibration_error": accuracy.error,
-        "error_all_quantized": accuracy.error_all_quantized,
-        "met": accuracy.met,
+        **budget_summary(model, budgeted),
         "held_out_error": zoo_error(entry, entry.run(budgeted.module, inputs), reference),
         "held_out_error_default": zoo_error(entry, entry.run(full.module, inputs), reference),
         "time_vs_float": budget_time,
         "default_time_vs_float": default_time,
-        "forward_passes": accuracy.forward_passes,
         "search_seconds": search_seconds,
     }
 
@@ -287,12 +295,7 @@ def part_budget_real(out: dict[str, Any]) -> None:
     for name, float_model, batches, held_out in cases:
         full = quantcore.quantize(float_model)
         budgeted = quantcore.quantize(float_model, calibration=batches, max_error=BUDGET)
-        accuracy = budgeted.report.accuracy
-        assert accuracy is not None and budgeted.module is not None and full.module is not None
-        quantized_names = [line.name for line in budgeted.report.quantized]
-        kept_names = [k.name for k in accuracy.kept]
-        quantized_elements = weight_elements(float_model, quantized_names)
-        all_elements = quantized_elements + weight_elements(float_model, kept_names)
+        assert budgeted.module is not None and full.module is not None
         budget_time, default_time = time_ratios(
             lambda m=float_model, x=held_out: m(**x),
             lambda q=budgeted.module, x=held_out: q(**x),
@@ -300,17 +303,12 @@ def part_budget_real(out: dict[str, Any]) -> None:
         )
         row = {
             "model": name,
-            "layers": len(quantized_names) + len(kept_names),
-            "kept": len(kept_names),
-            "weights_quantized": quantized_elements / all_elements if all_elements else 1.0,
-            "calibration_error": accuracy.error,
-            "error_all_quantized": accuracy.error_all_quantized,
+            **budget_summary(float_model, budgeted),
             "held_out_error": quantcore.compare(float_model, budgeted, held_out, layers=False)
             .outputs[0]
             .relative_l2,
             "time_vs_float": budget_time,
             "default_time_vs_float": default_time,
-            "forward_passes": accuracy.forward_passes,
         }
         rows.append(row)
         print(
