@@ -7,7 +7,14 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 
 from importlib_metadata import PackageNotFoundError, version
 
-from quantcore.api import QuantizationResult, adapt_input, list_plugins, manifest_of, quantize
+from quantcore.api import (
+    QuantizationResult,
+    adapt_input,
+    attach_manifest,
+    list_plugins,
+    manifest_of,
+    quantize,
+)
 from quantcore.calibration import Batch, load_inputs
 from quantcore.compare import Comparison, ErrorStats, compare
 from quantcore.config import (
@@ -48,6 +55,7 @@ from quantcore.errors import (
 )
 from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handle
 from quantcore.hookspecs import hookimpl, hookspec
+from quantcore.integrations import activate_integrations
 from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
 from quantcore.plugin_manager import (
     DISABLE_ENV_VAR,
@@ -80,6 +88,7 @@ from quantcore.serialization import (
     read_checkpoint,
     read_index,
     read_quantized,
+    rebuild_layers,
     save,
     shard_paths,
 )
@@ -165,6 +174,7 @@ __all__ = [
     "WeightSpec",
     "__version__",
     "adapt_input",
+    "attach_manifest",
     "call_in_graph",
     "create_plugin_manager",
     "did_you_mean",
@@ -183,6 +193,9 @@ __all__ = [
     "read_checkpoint",
     "read_index",
     "read_quantized",
+    "rebuild_layers",
     "save",
     "shard_paths",
 ]
+
+activate_integrations()

@@ -424,6 +424,8 @@ class QuantizationJob:
         manifest = Manifest(scheme.name, tuple(records), quantcore_version())
         if module is not None:
             attach_manifest(module, manifest)
+            if adapted.finalize is not None:
+                adapted.finalize(module, manifest)
         report = self.report(adapted, layers, size_before, size_after)
         if log:
             _log_report(report)

@@ -25,6 +25,7 @@ from quantcore.specs import (
 
 if TYPE_CHECKING:
     from quantcore.context import ConversionContext
+    from quantcore.manifest import Manifest
 
 
 class ComputeParams(Protocol):
@@ -157,13 +158,20 @@ class StateDictShard:
 @dataclass(frozen=True)
 class AdaptedInput:
     """What an input adapter hands to the orchestration: exactly one of a module, a state dict,
-    or a sequence of state-dict shards (a sharded checkpoint)."""
+    or a sequence of state-dict shards (a sharded checkpoint).
+
+    ``finalize`` (module input only) is called as ``finalize(quantized, manifest)`` on the
+    quantized copy, and on a model :func:`quantcore.load` rebuilt from this input as a skeleton,
+    so an adapter for a library's models can annotate them for that library (the transformers
+    plugin writes the ``quantization_config`` that ``save_pretrained`` saves).
+    """
 
     module: nn.Module | None = None
     state_dict: Mapping[str, torch.Tensor] | None = None
     description: str = ""
     notes: tuple[str, ...] = ()
     shards: tuple[StateDictShard, ...] | None = None
+    finalize: Callable[[nn.Module, Manifest], None] | None = None
 
     def __post_init__(self) -> None:
         if self.shards is not None:

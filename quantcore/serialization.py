@@ -49,8 +49,8 @@ from quantcore.errors import (
 )
 from quantcore.manifest import FORMAT_NAME, Manifest, WeightRecord
 from quantcore.orchestrate import Progress, _copy_tree, tensor_bytes
-from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
-from quantcore.registrations import AdaptedInput
+from quantcore.plugin_manager import QuantcorePluginManager, Registry, create_plugin_manager
+from quantcore.registrations import AdaptedInput, LayerMapper
 from quantcore.report import QuantizationReport
 from quantcore.specs import QuantizedWeight, WeightSpec
 
@@ -382,77 +382,111 @@ class RebuildContext(ConversionContext):
             )
 
 
-def load(
-    path: PathLike,
-    skeleton: nn.Module,
+def rebuild_layers(
+    model: nn.Module,
+    manifest: Manifest,
     *,
     plugin_manager: QuantcorePluginManager | None = None,
-) -> nn.Module:
-    """Rebuild a working quantized model from a file written by :func:`save` (or a shard index
-    written by :func:`quantize_to_file`) and a float model of the same architecture.
+    device: torch.device | str = "meta",
+    source: str = "the file",
+) -> dict[str, nn.Module]:
+    """The quantized layers ``manifest`` records, built on ``model``'s modules with empty tensors
+    on ``device`` (layer name -> new module). ``model`` is not modified: a library that loads
+    weights itself (transformers' ``from_pretrained``) swaps them in and fills their tensors."""
+    registry = (plugin_manager or create_plugin_manager()).registry()
+    built, _, _ = _rebuild(model, manifest, registry, torch.device(device), source)
+    return built
 
-    The skeleton only gives the structure: it may be on the meta device (built under
-    ``with torch.device("meta"):``); it is not modified. Every tensor comes from the file.
-    """
-    qfile = read_quantized(path)
-    manager = plugin_manager or create_plugin_manager()
-    registry = manager.registry()
+
+def _rebuild(
+    skeleton: nn.Module, manifest: Manifest, registry: Registry, device: torch.device, source: str
+) -> tuple[dict[str, nn.Module], set[int], SharedState]:
     mappers = {m.name: m for m in registry.layer_mappers}
     modules = dict(skeleton.named_modules())
     shared = SharedState()
-    replacements: dict[int, nn.Module] = {}
+    built: dict[str, nn.Module] = {}
     quantized_ids: set[int] = set()  # the tensors of quantized weights, as the file records them
-    device = torch.device("cpu")
-    for record in qfile.manifest.layers:
+    for record in manifest.layers:
         module = modules.get(record.name)
         if module is None:
             raise SerializationError(
-                f"{qfile.path}: the file has quantized layer {record.name!r}, which the skeleton "
+                f"{source}: the file has quantized layer {record.name!r}, which the skeleton "
                 f"({type(skeleton).__name__}) does not have; pass a skeleton of the model that was "
                 "quantized"
             )
         mapper = mappers.get(record.mapper)
         if mapper is None or mapper.convert is None:
             raise SerializationError(
-                f"{qfile.path}: layer {record.name!r} was quantized by layer mapper "
+                f"{source}: layer {record.name!r} was quantized by layer mapper "
                 f"{record.mapper!r}, which no loaded plugin provides; install the plugin that "
                 "provides it (`quantcore plugins` lists what is loaded)"
             )
         if not mapper.matches(module):
             raise SerializationError(
-                f"{qfile.path}: layer {record.name!r} is a {type(module).__name__} in the "
+                f"{source}: layer {record.name!r} is a {type(module).__name__} in the "
                 f"skeleton, which layer mapper {record.mapper!r} does not handle (the file says "
                 f"{record.layer_type or record.layer_kind}); pass a skeleton of the model that "
                 "was quantized"
             )
-        scheme = registry.scheme(record.scheme)
         ctx = RebuildContext(
             record.name,
             record.layer_kind,
-            scheme,
+            registry.scheme(record.scheme),
             record.spec,
             registry,
             shared,
             planned=record.weights,
             device=device,
         )
-        try:
-            with torch.no_grad():
-                replacement = mapper.convert(module, ctx)
-        except QuantcoreError as exc:
-            reason = exc.reason if isinstance(exc, LayerSkipped) else str(exc)
-            raise SerializationError(f"rebuilding layer {record.name!r} failed: {reason}") from exc
-        except Exception as exc:
-            raise SerializationError(
-                f"rebuilding layer {record.name!r} with mapper {record.mapper!r} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        ctx.check_complete()
-        replacements[id(module)] = replacement
+        built[record.name] = _convert_for_rebuild(mapper, module, ctx)
         for _, weight in ctx.quantized_weights:
             quantized_ids.update(
                 id(t) for t in (weight.data, weight.scale, weight.zero_point) if t is not None
             )
+    return built, quantized_ids, shared
+
+
+def _convert_for_rebuild(mapper: LayerMapper, module: nn.Module, ctx: RebuildContext) -> nn.Module:
+    assert mapper.convert is not None
+    try:
+        with torch.no_grad():
+            replacement = mapper.convert(module, ctx)
+    except QuantcoreError as exc:
+        reason = exc.reason if isinstance(exc, LayerSkipped) else str(exc)
+        raise SerializationError(f"rebuilding layer {ctx.layer_name!r} failed: {reason}") from exc
+    except Exception as exc:
+        raise SerializationError(
+            f"rebuilding layer {ctx.layer_name!r} with mapper {mapper.name!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    ctx.check_complete()
+    return replacement
+
+
+def load(
+    path: PathLike,
+    skeleton: nn.Module,
+    *,
+    plugin_manager: QuantcorePluginManager | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """Rebuild a working quantized model from a file written by :func:`save` (or a shard index
+    written by :func:`quantize_to_file`) and a float model of the same architecture.
+
+    The skeleton only gives the structure: it may be on the meta device (built under
+    ``with torch.device("meta"):``); it is not modified. Every tensor comes from the file.
+    ``strict=False`` ignores tensors the file has and the skeleton lacks (a legacy
+    ``embeddings.position_ids``, say), and skeleton tensors the file lacks (they keep the
+    skeleton's values), as torch's ``load_state_dict(strict=False)`` does; each is logged.
+    """
+    qfile = read_quantized(path)
+    manager = plugin_manager or create_plugin_manager()
+    registry = manager.registry()
+    built, quantized_ids, shared = _rebuild(
+        skeleton, qfile.manifest, registry, torch.device("cpu"), str(qfile.path)
+    )
+    modules = dict(skeleton.named_modules())
+    replacements = {id(modules[name]): new for name, new in built.items()}
     # Tensors the file holds are replaced below, so the copy gets meta placeholders for them;
     # any other tensor (a non-persistent buffer) is copied from the skeleton.
     for name, t in skeleton.state_dict(keep_vars=True).items():
@@ -463,24 +497,74 @@ def load(
             shared.clones[id(t)] = placeholder
     model = _copy_tree(skeleton, replacements, shared)
     _check_quantized_tensors(qfile, model, quantized_ids)
-    try:
-        model.load_state_dict(qfile.state_dict, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise SerializationError(
-            f"{qfile.path} does not fit the skeleton {type(skeleton).__name__}: {exc}"
-        ) from exc
-    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if still_meta:
-        logger.warning(
-            "%d tensor(s) are not in the file and are on the meta device in the skeleton, so they "
-            "have no values: %s. Build the skeleton so that such buffers are real (create them "
-            "after leaving the meta-device context), or set them after loading.",
-            len(still_meta),
-            ", ".join(still_meta[:10]),
-        )
+    _fill(model, qfile, type(skeleton).__name__, strict)
     model.eval()
     attach_manifest(model, qfile.manifest)
+    adapted = _adapt_skeleton(skeleton, registry)
+    if adapted is not None and adapted.finalize is not None:
+        adapted.finalize(model, qfile.manifest)  # may rebuild what a library knows how to
+    _refuse_meta_tensors(model, qfile.path)
     return model
+
+
+def _fill(model: nn.Module, qfile: QuantizedFile, skeleton: str, strict: bool) -> None:
+    state = qfile.state_dict
+    if not strict:
+        expected = model.state_dict(keep_vars=True)
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            logger.warning(
+                "%s: ignored %d tensor(s) the skeleton %s does not have (strict=False): %s",
+                qfile.path,
+                len(extra),
+                skeleton,
+                ", ".join(extra[:10]) + (" ..." if len(extra) > 10 else ""),
+            )
+            state = {k: v for k, v in state.items() if k in expected}
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            logger.warning(
+                "%s: %d tensor(s) of the skeleton are not in the file and keep the skeleton's "
+                "values (strict=False): %s",
+                qfile.path,
+                len(missing),
+                ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+            )
+    try:
+        model.load_state_dict(state, strict=strict, assign=True)
+    except RuntimeError as exc:
+        hint = "" if not strict else " (strict=False ignores tensors only one side has)"
+        raise SerializationError(
+            f"{qfile.path} does not fit the skeleton {skeleton}{hint}: {exc}"
+        ) from exc
+
+
+def _adapt_skeleton(skeleton: nn.Module, registry: Registry) -> AdaptedInput | None:
+    """What the input adapters make of the skeleton (for its ``finalize``), or None."""
+    for adapter in registry.input_adapters:
+        try:
+            if adapter.accepts(skeleton):
+                return adapter.adapt(skeleton)
+        except Exception as exc:  # the model is loaded; a library annotation is optional
+            logger.warning("input adapter %r failed on the skeleton: %s", adapter.name, exc)
+            return None
+    return None
+
+
+def _refuse_meta_tensors(model: nn.Module, path: Path) -> None:
+    """A tensor left on the meta device has no values: the model would crash or return NaN
+    later. Refuse it now, naming the tensors."""
+    still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if still_meta:
+        shown = ", ".join(still_meta[:10]) + (" ..." if len(still_meta) > 10 else "")
+        raise SerializationError(
+            f"{path}: {len(still_meta)} tensor(s) are not in the file and are on the meta device "
+            f"in the skeleton, so they have no values: {shown}. These are buffers a model "
+            "computes when it is built (rotary inv_freq, position_ids): build the skeleton with "
+            "real buffers (parameters alone on meta, e.g. build on CPU, or under "
+            "torch.device('meta') and then set those buffers), or, for a transformers model, "
+            "build it with from_config (quantcore then recomputes them)."
+        )
 
 
 def _check_quantized_tensors(qfile: QuantizedFile, model: nn.Module, ids: set[int]) -> None:

@@ -1,4 +1,7 @@
-"""Layer mappers for Hugging Face transformers' own layer classes.
+"""Hugging Face transformers support: a layer mapper for transformers' ``Conv1D``, an input
+adapter that makes quantized ``PreTrainedModel``s save with ``save_pretrained`` (``hf_models``),
+and quantcore as a transformers quantization method (``hf_quantizer``, activated through the
+``quantcore.integrations`` entry point when transformers loads its quantizers).
 
 GPT-2 and its relatives keep their linear layers in ``transformers.pytorch_utils.Conv1D``: a linear
 layer whose weight is stored transposed, ``[in_features, out_features]``. This plugin registers its
@@ -16,6 +19,7 @@ from torch import nn
 
 import quantcore
 from quantcore import ConversionContext
+from quantcore_transformers import hf_models
 
 _CONV1D = ("transformers.pytorch_utils", "Conv1D")
 
@@ -70,4 +74,17 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         convert=convert_hf_conv1d,
         priority=100,
         description="transformers.pytorch_utils.Conv1D (GPT-2 family), as a linear layer",
+    )
+
+
+@quantcore.hookimpl
+def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
+    yield quantcore.InputAdapter(
+        name="transformers",
+        accepts=hf_models.accepts,
+        adapt=hf_models.adapt,
+        priority=110,
+        description="a module holding a transformers PreTrainedModel (also inside a "
+        "SentenceTransformer): quantized like any module, and marked so save_pretrained writes "
+        "a quantization_config",
     )

@@ -142,10 +142,11 @@ def test_nothing_fits_says_what_was_tried_and_what_works() -> None:
         quantcore.quantize({"weight": torch.ones(2, 2), "epoch": 3})
     message = str(info.value)
     assert "a dict with 2 entries" in message
-    assert "tried: module, state_dict" in message and "checkpoint" in message and "file" in message
+    assert "module, state_dict" in message and "checkpoint" in message and "file" in message
     assert "'epoch' is of type int" in message  # why the state-dict adapter declined
     assert "What works:" in message and "torch.nn.Module" in message and ".safetensors" in message
-    assert info.value.tried[:2] == ("module", "state_dict")
+    tried = info.value.tried
+    assert tried.index("module") + 1 == tried.index("state_dict")
 
     with pytest.raises(quantcore.UnsupportedInputError, match="no file or folder named 'no-such'"):
         quantcore.quantize("no-such")

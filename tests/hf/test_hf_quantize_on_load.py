@@ -1,0 +1,79 @@
+"""from_pretrained(float folder, quantization_config=QuantcoreConfig(...)): quantized while read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hf_helpers import BUILDERS, run
+
+import quantcore
+
+transformers = pytest.importorskip("transformers")
+
+
+def _config(**settings: object) -> object:
+    from quantcore_transformers.hf_quantizer import QuantcoreConfig
+
+    return QuantcoreConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_sharded_float_folder_quantizes_as_quantize_does(tmp_path: Path) -> None:
+    model = BUILDERS["llama"]()
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 3
+    expected = run(quantcore.quantize(model, "int8", output="module"))
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=_config(dtype="int8")
+    )
+    assert torch.equal(run(loaded), expected)
+    assert all(type(m).__name__ != "Linear" for m in loaded.modules())
+    # and it saves as a quantized folder that loads back to the same outputs
+    loaded.save_pretrained(tmp_path / "q")
+    qconfig = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert len(qconfig["manifest"]["layers"]) == 16  # 2 x 7 projections, lm_head, embed_tokens
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert torch.equal(run(again), expected)
+
+
+def test_settings_apply_to_full_layer_names(tmp_path: Path) -> None:
+    model = BUILDERS["llama"]()
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path,
+        quantization_config=_config(
+            dtype="int8",
+            exclude=["lm_head", "*.mlp.*"],
+            overrides=[{"match": "*.q_proj", "dtype": "fp16"}],
+        ),
+    )
+    kinds = {name: type(m).__name__ for name, m in loaded.named_modules()}
+    assert kinds["lm_head"] == "Linear"
+    assert kinds["model.layers.0.mlp.up_proj"] == "Linear"
+    assert kinds["model.layers.1.self_attn.k_proj"] == "QuantizedLinear"
+    q_proj = loaded.get_submodule("model.layers.0.self_attn.q_proj")
+    assert q_proj.state_dict()["weight"].dtype == torch.float16
+    expected = quantcore.quantize(
+        model,
+        "int8",
+        exclude=["lm_head", "*.mlp.*"],
+        overrides=[{"match": "*.q_proj", "dtype": "fp16"}],
+        output="module",
+    )
+    assert torch.equal(run(loaded), run(expected))
+
+
+def test_tied_output_head_stays_float_and_tied(tmp_path: Path) -> None:
+    model = BUILDERS["gpt2"]()
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=_config(dtype="int8")
+    )
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert type(loaded.transformer.h[0].attn.c_attn).__name__ == "QuantizedLinear"
+    expected = quantcore.quantize(
+        model, "int8", exclude=["lm_head", "transformer.wte"], output="module"
+    )
+    assert torch.equal(run(loaded), run(expected))
