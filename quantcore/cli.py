@@ -126,6 +126,60 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXPORTER_GROUP = "quantcore.exporters"  # entry points: format name -> export function
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from importlib_metadata import entry_points
+
+    from quantcore.errors import MissingDependencyError
+
+    found = {ep.name: ep for ep in entry_points(group=EXPORTER_GROUP)}
+    entry = found.get(args.format)
+    if entry is None:
+        raise UsageError(
+            f"no exporter for format {args.format!r} is installed (installed: "
+            f"{', '.join(sorted(found)) or 'none'})"
+        )
+    try:
+        export = entry.load()
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"exporting to {args.format}", "transformers", "transformers"
+        ) from exc
+    written = export(
+        args.model,
+        args.output,
+        format=args.format,
+        dtype=args.dtype,
+        include=args.include,
+        exclude=args.exclude,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = sub.add_parser(
+        "export",
+        help="write a Hugging Face model folder in a format serving engines load",
+        description="Quantize a Hugging Face model folder (config.json + safetensors) and write "
+        "it as a folder that loads as it is: compressed-tensors (INT8 W8A8, for vLLM, SGLang "
+        "and transformers) or hf (fp16: a plain float16 checkpoint; int8: a quantcore folder "
+        "for transformers' from_pretrained).",
+    )
+    export.add_argument("model", metavar="MODEL", help="Hugging Face model folder")
+    export.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write")
+    export.add_argument(
+        "--format", required=True, choices=("compressed-tensors", "hf"), help="output format"
+    )
+    export.add_argument("--dtype", default=None, metavar="SCHEME", help="int8 (default) or fp16")
+    export.add_argument("--include", action="append", metavar="PATTERN", help="layers to quantize")
+    export.add_argument("--exclude", action="append", metavar="PATTERN", help="layers kept float")
+    export.set_defaults(func=_cmd_export)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from quantcore.orchestrate import tensor_bytes
     from quantcore.serialization import read_quantized
@@ -225,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_command(sub)
     add_analyze_command(sub)
+    add_export_command(sub)
 
     quantize = sub.add_parser(
         "quantize",
