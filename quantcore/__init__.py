@@ -5,6 +5,14 @@ Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registr
 :class:`KernelBackend`); everything they need is importable from this package.
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # torch without NumPy installed warns "Failed to initialize NumPy" on import; quantcore
+    # needs no NumPy, and the first line of `quantcore demo` should be quantcore's.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
+
 from importlib_metadata import PackageNotFoundError, version
 
 from quantcore.api import (

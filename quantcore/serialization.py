@@ -102,6 +102,9 @@ def read_checkpoint(path: PathLike, *, mmap: bool = True) -> CheckpointFile:
     try:
         content = _torch_load(p, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        not_pickle = _not_a_pickle(p)
+        if not_pickle:  # torch calls every unreadable file an unsafe pickle
+            raise CheckpointError(f"{p}: not a PyTorch checkpoint: {not_pickle}") from None
         raise UnsafeCheckpointError(
             f"{p}: refused to load: the pickle needs Python code that could do anything when "
             f"unpickled, and quantcore loads only plain tensors and containers "
@@ -116,6 +119,23 @@ def read_checkpoint(path: PathLike, *, mmap: bool = True) -> CheckpointFile:
             f"{_first_line(exc)})"
         ) from None
     return CheckpointFile(p, content)
+
+
+def _not_a_pickle(path: Path) -> str:
+    """Why ``path`` is no torch.save file (a zip or a pickle), or "" when it is one."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(10)
+    except OSError:
+        return ""
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return ""
+    if len(head) == 10 and head[8:10] == b'{"':
+        return "it is a safetensors file: give it the .safetensors suffix"
+    return (
+        "neither a torch.save zip nor a pickle; quantcore reads .pt/.pth/.bin/.ckpt files "
+        "written by torch.save and .safetensors files"
+    )
 
 
 def _torch_load(path: Path, *, mmap: bool) -> object:
@@ -269,7 +289,9 @@ def _write(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[st
     if not path.name or path.is_dir():
         raise SerializationError(f"{path}: is a folder; give a file name such as model.pt")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            logger.warning("created folder %s for %s", path.parent, path.name)
         if path.suffix == SAFETENSORS_SUFFIX:
             st = _safetensors()
             st.torch.save_file(_unshared(state_dict), str(path), metadata=metadata)
@@ -628,6 +650,7 @@ def quantize_to_file(
     ``calibration`` and ``accuracy`` (``max_error``, ``error_metric``, ``fallback``, ``smooth``,
     ``smooth_alpha``) act as in quantize(); they need a module input.
     """
+    target = output_path(path, obj)
     effective = resolve_settings(
         config,
         dtype=dtype,
@@ -645,9 +668,29 @@ def quantize_to_file(
             progress=progress,
             calibration=calibration,
         )
-        return result.report, (save(result, path),)
+        return result.report, (save(result, target),)
     with configured_job(obj, plugin_manager, effective) as job:
-        return _quantize_job_to_file(job, Path(path), progress, shard_progress)
+        return _quantize_job_to_file(job, target, progress, shard_progress)
+
+
+def output_path(path: PathLike, source: object = None) -> Path:
+    """Where :func:`quantize_to_file` writes for ``path``: a path that names a folder (a
+    trailing slash, or an existing folder) means ``model.<suffix>`` inside it, the suffix
+    following the input (a safetensors checkpoint gives safetensors, anything else ``.pt``)."""
+    text = os.fspath(path)
+    target = Path(text)
+    if not (text.endswith(("/", os.sep)) or target.is_dir()):
+        return target
+    return target / ("model" + (SAFETENSORS_SUFFIX if _is_safetensors(source) else ".pt"))
+
+
+def _is_safetensors(source: object) -> bool:
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    p = Path(source)
+    if p.is_dir():
+        return any(p.glob("*" + SAFETENSORS_SUFFIX)) or any(p.glob("*.safetensors" + INDEX_SUFFIX))
+    return p.name.endswith((SAFETENSORS_SUFFIX, SAFETENSORS_SUFFIX + INDEX_SUFFIX))
 
 
 def _quantize_job_to_file(
