@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _sharded(folder: Path) -> Path:
     for shard in ("a.safetensors", "b.safetensors"):
         st.save_file({k: v for k, v in state.items() if names[k] == shard}, str(folder / shard))
     index = folder / "model.safetensors.index.json"
-    index.write_text('{"weight_map": %s}' % str(names).replace("'", '"'))
+    index.write_text(json.dumps({"weight_map": names}))
     return index
 
 
