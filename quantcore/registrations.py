@@ -6,8 +6,9 @@ its hook implementations. The kernel validates them when it collects them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -164,6 +165,10 @@ class AdaptedInput:
     quantized copy, and on a model :func:`quantcore.load` rebuilt from this input as a skeleton,
     so an adapter for a library's models can annotate them for that library (the transformers
     plugin writes the ``quantization_config`` that ``save_pretrained`` saves).
+    ``write_companions`` (file input) is called by :func:`quantcore.quantize_to_file` as
+    ``write_companions(written_files, manifest)`` and returns the files it wrote next to them
+    (the transformers plugin copies a model folder's ``config.json``, so the output folder loads
+    with ``from_pretrained``).
     """
 
     module: nn.Module | None = None
@@ -172,6 +177,7 @@ class AdaptedInput:
     notes: tuple[str, ...] = ()
     shards: tuple[StateDictShard, ...] | None = None
     finalize: Callable[[nn.Module, Manifest], None] | None = None
+    write_companions: Callable[[Sequence[Path], Manifest], Sequence[Path]] | None = None
 
     def __post_init__(self) -> None:
         if self.shards is not None:

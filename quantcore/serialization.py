@@ -242,13 +242,15 @@ def quantcore_manifest(checkpoint: CheckpointFile) -> Manifest | None:
 def read_quantized(path: PathLike) -> QuantizedFile:
     """Read a file (or a shard index) written by :func:`save` / :func:`quantize_to_file`."""
     p = Path(path)
-    if p.is_dir():
-        indexes = sorted(p.glob("*" + INDEX_SUFFIX))
-        if len(indexes) != 1:
+    if p.is_dir():  # the one index, or the one checkpoint file, inside
+        inside = sorted(p.glob("*" + INDEX_SUFFIX)) or sorted(
+            f for f in p.iterdir() if f.suffix in (SAFETENSORS_SUFFIX, *TORCH_SUFFIXES)
+        )
+        if len(inside) != 1:
             raise CheckpointError(
                 f"{p} is a folder; give the quantized file or its {INDEX_SUFFIX} index"
             )
-        p = indexes[0]
+        p = inside[0]
     if p.name.endswith(INDEX_SUFFIX):
         raw = read_index(p)
         meta = raw.get("metadata")
@@ -701,7 +703,8 @@ def _quantize_job_to_file(
 ) -> tuple[QuantizationReport, tuple[Path, ...]]:
     if job.adapted.shards is None:
         result = job.run(job.adapted, progress)
-        return result.report, (save(result, target),)
+        assert result.manifest is not None
+        return result.report, _with_companions(job, (save(result, target),), result.manifest)
     shards = job.adapted.shards
     index_path, shard_files = sharded_names(target, len(shards))
     weight_map: dict[str, str] = {}
@@ -734,4 +737,13 @@ def _quantize_job_to_file(
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
     report = job.report(job.adapted, layers, size_before, size_after)
     _log_report(report)
-    return report, (index_path, *shard_files)
+    return report, _with_companions(job, (index_path, *shard_files), manifest)
+
+
+def _with_companions(
+    job: QuantizationJob, written: tuple[Path, ...], manifest: Manifest
+) -> tuple[Path, ...]:
+    """The files written, plus those the input's adapter writes next to them."""
+    if job.adapted.write_companions is None:
+        return written
+    return (*written, *job.adapted.write_companions(written, manifest))

@@ -159,7 +159,7 @@ def adapt_index(path: Path) -> quantcore.AdaptedInput:
     if isinstance(meta, Mapping) and "quantcore" in meta:
         raise _already_quantized(path)
     weight_map: dict[str, str] = raw["weight_map"]
-    files = quantcore.shard_paths(path, dict.fromkeys(weight_map.values()))
+    files = quantcore.shard_paths(path, sorted(set(weight_map.values())))  # in shard order
     keys = list(weight_map)
     groups = group_keys(keys)
     home: dict[str, str] = {}

@@ -19,7 +19,7 @@ from torch import nn
 
 import quantcore
 from quantcore import ConversionContext
-from quantcore_transformers import hf_models
+from quantcore_transformers import conv1d_tensors, hf_folders, hf_models
 
 _CONV1D = ("transformers.pytorch_utils", "Conv1D")
 
@@ -74,6 +74,18 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
         convert=convert_hf_conv1d,
         priority=100,
         description="transformers.pytorch_utils.Conv1D (GPT-2 family), as a linear layer",
+        state_dict_layers=conv1d_tensors.conv1d_state_dict_layers,
+        convert_state_dict=conv1d_tensors.convert_conv1d_state_dict,
+    )
+    yield quantcore.LayerMapper(
+        name="hf_conv1d_undecided",
+        layer_kind="linear",
+        matches=lambda module: False,  # state dicts only: a module says what it is
+        keep_reason="square GPT-2-style weights whose layout the tensors do not tell",
+        priority=100,
+        description="GPT-2-style c_attn/c_proj/c_fc tensors of unknown layout (kept float)",
+        state_dict_layers=conv1d_tensors.undecided_state_dict_layers,
+        convert_state_dict=conv1d_tensors.refuse_undecided,
     )
 
 
@@ -84,7 +96,13 @@ def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
         accepts=hf_models.accepts,
         adapt=hf_models.adapt,
         priority=110,
-        description="a module holding a transformers PreTrainedModel (also inside a "
-        "SentenceTransformer): quantized like any module, and marked so save_pretrained writes "
-        "a quantization_config",
+        description="a module holding a transformers PreTrainedModel (its copy saves with "
+        "save_pretrained)",
+    )
+    yield quantcore.InputAdapter(
+        name="transformers-folder",
+        accepts=hf_folders.accepts,
+        adapt=hf_folders.adapt,
+        priority=75,
+        description="a Hugging Face model folder (config.json + checkpoint)",
     )

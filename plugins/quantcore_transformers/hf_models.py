@@ -64,8 +64,9 @@ def finalize(model: nn.Module, manifest: quantcore.Manifest) -> None:
     register()
     for prefix, found in outermost_pretrained(model):
         hf_model: Any = found  # a PreTrainedModel: attributes torch's typing does not know
-        recompute_meta_buffers(hf_model)
         sub = sub_manifest(manifest, prefix)
+        fill_untied(hf_model, untie_quantized(hf_model, layers_of_manifest(sub)))
+        recompute_meta_buffers(hf_model)
         if not sub.layers:
             continue
         qconfig, quantizer = quantizer_for(sub)
@@ -78,7 +79,6 @@ def finalize(model: nn.Module, manifest: quantcore.Manifest) -> None:
         hf_model.hf_quantizer = quantizer
         hf_model.is_quantized = True
         hf_model.quantization_method = QUANT_METHOD
-        untie_quantized(hf_model, layers_of_manifest(sub))
         quantcore.attach_manifest(hf_model, sub)
 
 
@@ -126,22 +126,53 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent._modules[child] = module
 
 
-def untie_quantized(model: nn.Module, names: Iterable[str]) -> None:
+def untie_quantized(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
     """A quantized layer holds its own tensors: transformers must not tie a float parameter to
-    it (an output head tied to the embedding table is quantized, and stored, separately)."""
+    it (an output head tied to the embedding table is quantized, and stored, separately).
+    Returns the ties dropped from ``model`` itself (target -> source parameter names)."""
     quantized = set(names)
 
     def inside(param: str) -> bool:
         owner = param.rpartition(".")[0]
         return any(owner == q or owner.startswith(q + ".") for q in quantized)
 
+    dropped: dict[str, str] = {}
     for found in model.modules():
         module: Any = found
         tied = getattr(module, "all_tied_weights_keys", None)
         if isinstance(tied, Mapping) and tied:
-            module.all_tied_weights_keys = {
-                t: s for t, s in tied.items() if not inside(t) and not inside(s)
-            }
+            kept = {t: s for t, s in tied.items() if not inside(t) and not inside(s)}
+            if module is model:
+                dropped = {t: s for t, s in tied.items() if t not in kept}
+            module.all_tied_weights_keys = kept
+    return dropped
+
+
+def _flagged(tensor: torch.Tensor) -> bool:
+    return bool(getattr(tensor, "_is_hf_initialized", False))
+
+
+def fill_untied(
+    model: nn.Module, dropped: Mapping[str, str], *, by_transformers: bool = False
+) -> None:
+    """A float parameter that was tied to a now quantized one and is not in the checkpoint
+    (GPT-2's lm_head, saved once as the embedding table) gets the dequantized values: the
+    model computes what it did when the table was quantized and the head shared it.
+    ``by_transformers``: what transformers did not mark as loaded is missing; otherwise
+    (quantcore.load) what is still on the meta device is."""
+    for target, source in dropped.items():
+        for missing, present in ((target, source), (source, target)):
+            owner_name, _, attr = missing.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            current = owner._parameters.get(attr)
+            if current is None:
+                continue  # quantized: a buffer
+            if _flagged(current) if by_transformers else not current.is_meta:
+                continue  # loaded from the file
+            src_name, _, src_attr = present.rpartition(".")
+            values = getattr(model.get_submodule(src_name), src_attr).detach()
+            owner._parameters[attr] = nn.Parameter(values.to(current.dtype), requires_grad=False)
+            logger.info("%s: not in the checkpoint, set from the quantized %s", missing, present)
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:

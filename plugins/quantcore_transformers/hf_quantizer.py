@@ -28,6 +28,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 import quantcore
 from quantcore_transformers.hf_models import (
     QUANT_METHOD,
+    fill_untied,
     layers_of_manifest,
     manifest_to_dict,
     prepare_loaded_layers,
@@ -103,7 +104,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
     def __init__(self, quantization_config: QuantcoreConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
         self.plan: OnLoadPlan | None = None
-        self.rebuilt: tuple[str, ...] = ()
+        self.untied: dict[str, str] = {}
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
         device_map = kwargs.get("device_map")
@@ -122,8 +123,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
             built = quantcore.rebuild_layers(model, manifest, device="meta", source="config.json")
             for name, module in built.items():
                 set_submodule(model, name, module)
-            untie_quantized(model, built)
-            self.rebuilt = tuple(built)
+            self.untied = untie_quantized(model, built)
         else:
             self.plan = OnLoadPlan.of(model, self.quantization_config.settings())
 
@@ -139,6 +139,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
         else:
             manifest = self.quantization_config.manifest_object()
             prepare_loaded_layers(model, layers_of_manifest(manifest))
+            fill_untied(model, self.untied, by_transformers=True)
         quantcore.attach_manifest(model, manifest)
 
     def get_state_dict_and_metadata(
