@@ -75,6 +75,7 @@ from quantcore.plugin_manager import (
     create_plugin_manager,
     discover_plugins,
 )
+from quantcore.rebuild import RebuildContext, rebuild_layers
 from quantcore.registrations import (
     AdaptedInput,
     InputAdapter,
@@ -90,13 +91,11 @@ from quantcore.report import LayerReport, QuantizationReport
 from quantcore.serialization import (
     CheckpointFile,
     QuantizedFile,
-    RebuildContext,
     load,
     quantize_to_file,
     read_checkpoint,
     read_index,
     read_quantized,
-    rebuild_layers,
     save,
     shard_paths,
 )
