@@ -175,3 +175,6 @@ def register() -> None:
         register_quantization_config(QUANT_METHOD)(QuantcoreConfig)
         register_quantizer(QUANT_METHOD)(QuantcoreHfQuantizer)
     _registered = True
+
+
+register()  # importing this module (it imports transformers' quantizers) makes it known there

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,28 @@ def test_tied_output_head_stays_float_and_tied(tmp_path: Path) -> None:
         model, "int8", exclude=["lm_head", "transformer.wte"], output="module"
     )
     assert torch.equal(run(loaded), run(expected))
+
+
+_IMPORT_CONFIG_FIRST = """
+import sys, warnings
+warnings.simplefilter("error")  # a failed integration is a PluginLoadWarning
+import quantcore, transformers
+from quantcore_transformers.hf_quantizer import QuantcoreConfig  # loads transformers' quantizers
+model = transformers.AutoModelForCausalLM.from_pretrained(
+    sys.argv[1], quantization_config=QuantcoreConfig(dtype="int8")
+)
+print(type(model.lm_head).__name__)
+"""
+
+
+def test_importing_the_config_first_registers_quantcore(tmp_path: Path) -> None:
+    """transformers' quantizers load in the middle of importing QuantcoreConfig's module; the
+    integration hook must not fail on the half-imported module (it registers at its end)."""
+    BUILDERS["llama"]().save_pretrained(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CONFIG_FIRST, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "QuantizedLinear"
