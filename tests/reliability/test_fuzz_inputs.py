@@ -415,12 +415,13 @@ CLI_SUBPROCESS_CASES = [  # each costs a Python start and a torch import: two by
     ["quantize", "{pt}", "--config", "{corrupt}", "-o", "{out}"],
     pytest.param(["quantize", "{missing}", "-o", "{out}"], marks=pytest.mark.slow),
     pytest.param(["inspect", "{corrupt}"], marks=pytest.mark.slow),
-    pytest.param(["quantize", "{pt}", "-o", "{tmp}"], marks=pytest.mark.slow),
+    # (an existing folder as -o is written into: docs/io.md; a path under a file cannot be)
+    pytest.param(["quantize", "{pt}", "-o", "{pt}/sub/out.pt"], marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize(
-    "argv", CLI_SUBPROCESS_CASES, ids=["corrupt", "config", "missing", "inspect", "folder"]
+    "argv", CLI_SUBPROCESS_CASES, ids=["corrupt", "config", "missing", "inspect", "under-a-file"]
 )
 def test_cli_subprocess(
     argv: list[str], sources: dict[str, Path], tmp_path: Path, tally: Tally
