@@ -9,12 +9,20 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-runtime: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP_INSTALL) -e .
+# The native int8 kernels (plugins/quantcore_int8/csrc) compile against the installed torch, so
+# torch and the build tools go in first and quantcore is built without build isolation.
+NATIVE_SOURCES := setup.py $(wildcard plugins/quantcore_int8/csrc/*)
+
+$(VENV)/.installed-build: $(BIN)/python constraints.txt
+	$(PIP_INSTALL) torch setuptools ninja
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP_INSTALL) -e '.[test,lint]'
+$(VENV)/.installed-runtime: $(VENV)/.installed-build pyproject.toml $(NATIVE_SOURCES)
+	$(PIP_INSTALL) --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-build pyproject.toml $(NATIVE_SOURCES)
+	$(PIP_INSTALL) --no-build-isolation -e '.[test,lint]'
 	touch $@
 
 demo: $(VENV)/.installed-runtime  ## quantize the embedded default model and print the report
@@ -43,4 +51,4 @@ lint: $(VENV)/.installed-dev  ## ruff and mypy
 check: test test-slow lint
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache plugins/*/*.so

@@ -259,7 +259,7 @@ class KernelBackend:
     name: str
     op: str
     weight_format: str
-    prepare: Callable[[KernelRequest], Callable[..., torch.Tensor]]
+    prepare: Callable[[KernelRequest], Callable[..., Any]]
     is_available: Callable[[], bool] = _always
     supports: Callable[[KernelRequest], bool] = _always
     priority: int = 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from quantcore_fp16 import kernels_cpu as fp16_cpu
 from quantcore_int8 import kernels_cpu as int8_cpu
+from quantcore_int8 import native as int8_native
 from torch import nn
 
 import quantcore
@@ -170,6 +171,7 @@ def _quantize_linear(
 def test_missing_fbgemm_falls_back_to_onednn_then_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(int8_native, "available", lambda: False)
     monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
     expected_kernel = "int8-linear-onednn" if int8_cpu.onednn_available() else None
@@ -192,7 +194,9 @@ def test_report_names_the_fast_kernel(plugin_manager: quantcore.QuantcorePluginM
     (line,) = result.report.quantized
     assert result.module is not None
     assert line.kernel == result.module[0].kernel_name
-    if int8_cpu.fbgemm_available() and int8_cpu.onednn_available():
+    if int8_native.available():
+        assert line.kernel == "int8-linear-native"
+    elif int8_cpu.fbgemm_available() and int8_cpu.onednn_available():
         assert line.kernel == "int8-linear-fbgemm+onednn"
 
 
@@ -304,12 +308,13 @@ def _skip_unless_onednn_serves(layer: nn.Module) -> None:
 @pytest.mark.slow  # a dynamo trace and an inductor compile
 @pytest.mark.parametrize("eager_call_first", [False, True])
 def test_the_compiled_int8_model_has_no_graph_break_on_onednn(
-    plugin_manager: quantcore.QuantcorePluginManager, eager_call_first: bool
+    monkeypatch: pytest.MonkeyPatch, eager_call_first: bool
 ) -> None:
     """The oneDNN GEMM is an op of the graph, its weight packed while tracing when no eager call
     packed it before (compiling first is how most users call torch.compile)."""
     torch._dynamo.reset()
-    _, quantized = _quantize_linear(plugin_manager, "int8")
+    monkeypatch.setattr(int8_native, "available", lambda: False)  # the pure-torch kernels
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
     _skip_unless_onednn_serves(quantized[0])
     x = torch.randn(100, 64)  # above fbgemm's 64 tokens: oneDNN
     with torch.no_grad():
@@ -323,13 +328,14 @@ def test_the_compiled_int8_model_has_no_graph_break_on_onednn(
 @pytest.mark.parametrize("dtype", ["int8", "fp16"])
 @pytest.mark.parametrize("tokens", [1, 2])
 def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
-    plugin_manager: quantcore.QuantcorePluginManager, dtype: str, tokens: int
+    monkeypatch: pytest.MonkeyPatch, dtype: str, tokens: int
 ) -> None:
     """fbgemm's packed weights are script objects, which graphs cannot hold: a call fbgemm
     serves enters the graph as one opaque op (the layer's eager call, found through its graph
     handle), so decoding under torch.compile has no graph break per layer."""
     torch._dynamo.reset()
-    _, quantized = _quantize_linear(plugin_manager, dtype)
+    monkeypatch.setattr(int8_native, "available", lambda: False)  # the pure-torch kernels
+    _, quantized = _quantize_linear(quantcore.create_plugin_manager(), dtype)
     if "fbgemm" not in quantized[0].kernel_name:
         pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
     x = torch.randn(tokens, 64)
@@ -345,9 +351,10 @@ def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
     ("dtype", "unavailable"),
     [
         ("int8", ()),
-        ("int8", ("fbgemm",)),
-        ("int8", ("onednn",)),
-        ("int8", ("fbgemm", "onednn")),
+        ("int8", ("native",)),
+        ("int8", ("native", "fbgemm")),
+        ("int8", ("native", "onednn")),
+        ("int8", ("native", "fbgemm", "onednn")),
         ("fp16", ()),
         ("fp16", ("fbgemm",)),
     ],
@@ -357,6 +364,8 @@ def test_no_cpu_linear_kernel_is_a_graph_break(
 ) -> None:
     """What the README promises: torch.compile traces every CPU linear kernel, fast or reference,
     few tokens or many, without a graph break and without a warm-up call."""
+    if "native" in unavailable:
+        monkeypatch.setattr(int8_native, "available", lambda: False)
     if "fbgemm" in unavailable:
         monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
         monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)

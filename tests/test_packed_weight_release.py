@@ -16,6 +16,7 @@ import pytest
 import torch
 from quantcore_fp16 import kernels_cpu as fp16_cpu
 from quantcore_int8 import kernels_cpu as int8_cpu
+from quantcore_int8 import native as int8_native
 from torch import nn
 
 import quantcore
@@ -85,8 +86,11 @@ def test_the_plain_weight_is_freed_once_the_kernel_has_packed_it(dtype: str) -> 
         assert torch.equal(got, want)
 
 
-def test_int8_keeps_its_plain_weight_while_only_onednn_has_packed() -> None:
+def test_int8_keeps_its_plain_weight_while_only_onednn_has_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """oneDNN's packed weight cannot be unpacked: until fbgemm's exists, the plain copy stays."""
+    monkeypatch.setattr(int8_native, "available", lambda: False)  # the fbgemm+oneDNN kernel
     module = _quantized("int8")
     with torch.no_grad():
         module(torch.randn(1100, 64))

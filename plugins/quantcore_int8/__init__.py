@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
-from quantcore_int8 import kernels_cpu, kernels_cuda
+from quantcore_int8 import kernels_cpu, kernels_cuda, kernels_native, native
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
 from quantcore_int8.kernels_embedding import (
@@ -155,6 +155,32 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
     )
     # Fast CPU kernels, most preferred first; each computes exactly what the reference does.
+    yield quantcore.KernelBackend(
+        name="int8-linear-native",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_native.prepare_native_linear,
+        is_available=native.available,
+        supports=kernels_native.supports_native,
+        priority=40,
+        description=(
+            "CPU: one native op per call (quantcore's C++ extension): per-token quantization, "
+            "fbgemm int8 GEMM and the rescale epilogue"
+        ),
+    )
+    yield quantcore.KernelBackend(
+        name="int8-recurrent-native",
+        op="recurrent",
+        weight_format=FORMAT,
+        prepare=kernels_native.prepare_native_recurrent,
+        is_available=native.available,
+        supports=kernels_native.supports_native_recurrent,
+        priority=40,
+        description=(
+            "CPU: a whole LSTM/GRU/RNN sequence (every layer, direction and step) in one native "
+            "call over its int8-linear-native pieces"
+        ),
+    )
     yield quantcore.KernelBackend(
         name="int8-linear-fbgemm+onednn",
         op="linear",

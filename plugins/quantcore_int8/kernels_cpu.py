@@ -250,7 +250,7 @@ def activation_bits(spec: ActivationSpec, device: torch.device) -> int:
 # ------------------------------------------------------------------------------- support
 
 
-def _channel_scales(weight: QuantizedWeight) -> torch.Tensor | None:
+def channel_scales(weight: QuantizedWeight) -> torch.Tensor | None:
     """Per-output-channel float32 scales [N], or None when the layout is not one we run."""
     scale, data, spec = weight.scale, weight.data, weight.spec
     if scale is None or weight.zero_point is not None or data.dim() != 2:
@@ -264,24 +264,26 @@ def _channel_scales(weight: QuantizedWeight) -> torch.Tensor | None:
     return scale.reshape(-1).to(torch.float32).contiguous()
 
 
-def _supports(request: KernelRequest, exact8: Callable[[], bool]) -> bool:
+def supports_per_token(request: KernelRequest, exact8: Callable[[], bool]) -> bool:
+    """Per-token int8 activations times per-channel symmetric int8 weights on the CPU, at a width
+    the GEMM computes exactly (``exact8``: whether it takes 8 bits)."""
     act = request.activation
     if request.device.type != "cpu" or act is None or request.weight.format != "int8":
         return False
     if act.granularity is not Granularity.PER_TOKEN:
         return False
-    if _channel_scales(request.weight) is None:
+    if channel_scales(request.weight) is None:
         return False
     bits = activation_bits(act, request.device)
     return 2 <= bits <= 7 or (bits == 8 and exact8())
 
 
 def supports_onednn(request: KernelRequest) -> bool:
-    return _supports(request, onednn_int8_exact)
+    return supports_per_token(request, onednn_int8_exact)
 
 
 def supports_fbgemm(request: KernelRequest) -> bool:
-    return _supports(request, fbgemm_int8_exact)
+    return supports_per_token(request, fbgemm_int8_exact)
 
 
 def supports_fbgemm_onednn(request: KernelRequest) -> bool:
@@ -307,7 +309,7 @@ class _Int8Linear:
 
     def __init__(self, request: KernelRequest, fbgemm_up_to: int) -> None:
         assert request.activation is not None
-        scales = _channel_scales(request.weight)
+        scales = channel_scales(request.weight)
         assert scales is not None
         # the plain int8 weight: dropped once fbgemm's packed copy exists (release_plain_weight)
         self.wq: torch.Tensor | None = request.weight.data.contiguous()

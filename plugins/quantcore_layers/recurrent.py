@@ -2,20 +2,24 @@
 
 Every weight matrix (input-hidden, hidden-hidden, LSTM projection) becomes a QuantizedLinear, so
 weights are quantized per gate row and run through the scheme's linear kernels: the input
-projection for all time steps in one call, then the recurrence step by step.
+projection for all time steps in one call, then the recurrence step by step. A kernel backend
+for the op "recurrent" may run the whole sequence (or the cell's step) at once over those
+linear kernels; without one, or where it cannot serve a call (autograd, dropout in training,
+torch.compile), the Python loop here runs, and it is the reference.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import quantcore
-from quantcore import ConversionContext
+from quantcore import ConversionContext, KernelBackend, KernelRequest
 from quantcore_layers.common import (
     QuantizedContainer,
     module_bias,
@@ -62,12 +66,92 @@ def _mode(module: nn.Module) -> str:
     return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
 
 
-class QuantizedRNN(QuantizedContainer):
+class _QuantizedRecurrent(QuantizedContainer):
+    """What QuantizedRNN and QuantizedRNNCell share: the choice of a kernel for the op
+    "recurrent" that runs the whole sequence over the layer's linear kernels."""
+
+    mode: str
+    hidden_size: int
+
+    def __init__(self, backends: tuple[KernelBackend, ...]) -> None:
+        super().__init__("recurrent")
+        self._backends = backends
+        self._pieces: tuple[object, ...] = ()  # the linear kernels the sequence kernel runs on
+
+    def _cells(self) -> list[tuple[QuantizedLinear, ...]]:
+        raise NotImplementedError
+
+    def _shape(self) -> tuple[int, bool]:
+        """(num_layers, bidirectional)"""
+        raise NotImplementedError
+
+    def _prepare_kernel(self) -> None:
+        super()._prepare_kernel()  # kernel_name: the linear pieces' kernels
+        self._kernel, self._pieces = None, ()
+        backends = self.__dict__.get("_backends", ())  # pickled before sequence kernels
+        cells = self._cells()
+        kernels = tuple(tuple(piece._kernel for piece in cell) for cell in cells)
+        if not backends or not cells:
+            return
+        num_layers, bidirectional = self._shape()
+        first = cells[0][0]
+        weight = first.quantized_weight()
+        options = {
+            "mode": self.mode,
+            "hidden_size": self.hidden_size,
+            "num_layers": num_layers,
+            "bidirectional": bidirectional,
+            "cells": tuple(cell + (None,) * (3 - len(cell)) for cell in kernels),
+        }
+        request = KernelRequest(
+            "recurrent", weight, None, first.activation, weight.data.device, options
+        )
+        for backend in backends:
+            if backend.is_available() and backend.supports(request):
+                self._kernel = backend.prepare(request)
+                self._pieces = tuple(k for cell in kernels for k in cell)
+                self.kernel_name = ", ".join((backend.name, self.kernel_name))
+                return
+
+    def _sequence_kernel(self, *inputs: torch.Tensor) -> Callable[..., Any] | None:
+        """The sequence kernel, when it can serve this call: it has no autograd, no dropout and
+        no torch.compile support (the Python loop serves those)."""
+        if self._kernel is None or torch.compiler.is_compiling():
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            return None
+        if self.training and getattr(self, "dropout", 0.0) > 0:
+            return None
+        pieces = tuple(piece._kernel for cell in self._cells() for piece in cell)
+        if len(pieces) != len(self._pieces) or any(
+            a is not b for a, b in zip(pieces, self._pieces, strict=True)
+        ):
+            self._prepare_kernel()  # a piece was re-prepared on its own (moved, reloaded)
+        return self._kernel
+
+    def _after_sequence_call(self) -> None:
+        """The pieces' own calls did not run: let them drop their plain weights now."""
+        for cell in self._cells():
+            for piece in cell:
+                piece._release_if_pending()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_pieces"] = ()
+        return state
+
+
+class QuantizedRNN(_QuantizedRecurrent):
     """Drop-in for nn.LSTM / nn.GRU / nn.RNN: same inputs (tensor or PackedSequence, optional
     initial state, batched or not) and outputs."""
 
-    def __init__(self, source: nn.RNNBase, linears: dict[str, QuantizedLinear]) -> None:
-        super().__init__("recurrent")
+    def __init__(
+        self,
+        source: nn.RNNBase,
+        linears: dict[str, QuantizedLinear],
+        backends: tuple[KernelBackend, ...] = (),
+    ) -> None:
+        super().__init__(backends)
         self.mode = _mode(source)
         self.input_size = source.input_size
         self.hidden_size = source.hidden_size
@@ -79,6 +163,19 @@ class QuantizedRNN(QuantizedContainer):
         self.proj_size = source.proj_size
         self.linears = nn.ModuleDict(linears)
         self._prepare_kernel()
+
+    def _cells(self) -> list[tuple[QuantizedLinear, ...]]:
+        """The linear pieces of each layer and direction, in torch's order."""
+        cells = []
+        for layer in range(self.num_layers):
+            for direction in range(2 if self.bidirectional else 1):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                names = ("ih", "hh", "hr") if self.proj_size else ("ih", "hh")
+                cells.append(tuple(cast(QuantizedLinear, self.linears[n + suffix]) for n in names))
+        return cells
+
+    def _shape(self) -> tuple[int, bool]:
+        return self.num_layers, self.bidirectional
 
     def forward(
         self, input: torch.Tensor | PackedSequence, hx: torch.Tensor | State | None = None
@@ -95,11 +192,46 @@ class QuantizedRNN(QuantizedContainer):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-        steps, batch = x.shape[0], x.shape[1]
+        batch = x.shape[1]
         directions = 2 if self.bidirectional else 1
         out_size = self.proj_size or self.hidden_size
         h0, c0 = self._initial_state(hx, batched, batch, directions, out_size, x)
 
+        kernel = self._sequence_kernel(x, h0, c0)
+        if kernel is not None:
+            output, h_out, c_out = kernel(x, h0, c0, lengths)
+            self._after_sequence_call()
+        else:
+            output, h_out, c_out = self._loop(x, h0, c0, lengths)
+        if not batched:
+            h_out, c_out = h_out.squeeze(1), c_out.squeeze(1)
+        state: torch.Tensor | State = (h_out, c_out) if self.mode == "LSTM" else h_out
+        if packed is not None:
+            assert lengths is not None
+            order_idx = packed.sorted_indices
+            if order_idx is not None:
+                output, sorted_lengths = output.index_select(1, order_idx), lengths[order_idx]
+            else:
+                sorted_lengths = lengths
+            data = pack_padded_sequence(output, sorted_lengths.cpu(), enforce_sorted=True).data
+            return (
+                PackedSequence(
+                    data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+                ),
+                state,
+            )
+        if not batched:
+            output = output.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, state
+
+    def _loop(
+        self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reference: the layer's linear kernels, step by step in Python."""
+        steps = x.shape[0]
+        directions = 2 if self.bidirectional else 1
         layer_input = x
         h_n: list[torch.Tensor] = []
         c_n: list[torch.Tensor] = []
@@ -130,32 +262,7 @@ class QuantizedRNN(QuantizedContainer):
             layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-
-        output = layer_input
-        h_out = torch.stack(h_n)
-        c_out = torch.stack(c_n)
-        if not batched:
-            h_out, c_out = h_out.squeeze(1), c_out.squeeze(1)
-        state: torch.Tensor | State = (h_out, c_out) if self.mode == "LSTM" else h_out
-        if packed is not None:
-            assert lengths is not None
-            order_idx = packed.sorted_indices
-            if order_idx is not None:
-                output, sorted_lengths = output.index_select(1, order_idx), lengths[order_idx]
-            else:
-                sorted_lengths = lengths
-            data = pack_padded_sequence(output, sorted_lengths.cpu(), enforce_sorted=True).data
-            return (
-                PackedSequence(
-                    data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
-                ),
-                state,
-            )
-        if not batched:
-            output = output.squeeze(1)
-        elif self.batch_first:
-            output = output.transpose(0, 1)
-        return output, state
+        return layer_input, torch.stack(h_n), torch.stack(c_n)
 
     def _initial_state(
         self,
@@ -189,11 +296,17 @@ class QuantizedRNN(QuantizedContainer):
         )
 
 
-class QuantizedRNNCell(QuantizedContainer):
+class QuantizedRNNCell(_QuantizedRecurrent):
     """Drop-in for nn.LSTMCell / nn.GRUCell / nn.RNNCell."""
 
-    def __init__(self, source: nn.RNNCellBase, ih: QuantizedLinear, hh: QuantizedLinear) -> None:
-        super().__init__("recurrent")
+    def __init__(
+        self,
+        source: nn.RNNCellBase,
+        ih: QuantizedLinear,
+        hh: QuantizedLinear,
+        backends: tuple[KernelBackend, ...] = (),
+    ) -> None:
+        super().__init__(backends)
         self.mode = _mode(source)
         self.input_size = source.input_size
         self.hidden_size = source.hidden_size
@@ -201,6 +314,12 @@ class QuantizedRNNCell(QuantizedContainer):
         self.ih = ih
         self.hh = hh
         self._prepare_kernel()
+
+    def _cells(self) -> list[tuple[QuantizedLinear, ...]]:
+        return [(self.ih, self.hh)]
+
+    def _shape(self) -> tuple[int, bool]:
+        return 1, False
 
     def forward(
         self, input: torch.Tensor, hx: torch.Tensor | State | None = None
@@ -218,7 +337,15 @@ class QuantizedRNNCell(QuantizedContainer):
             h = c = hx
         if not batched and hx is not None:
             h, c = h.unsqueeze(0), c.unsqueeze(0)
-        h_new, c_new = _step(self.mode, self.ih(x), self.hh(h), h, c, None)
+        kernel = self._sequence_kernel(x, h, c)
+        if kernel is not None:  # one step of a one-layer sequence
+            no_cell = x.new_zeros(1, x.shape[0], 0)
+            c0 = c.unsqueeze(0) if self.mode == "LSTM" else no_cell
+            _, h_n, c_n = kernel(x.unsqueeze(0), h.unsqueeze(0), c0, None)
+            self._after_sequence_call()
+            h_new, c_new = h_n[0], (c_n[0] if self.mode == "LSTM" else c)
+        else:
+            h_new, c_new = _step(self.mode, self.ih(x), self.hh(h), h, c, None)
         if not batched:
             h_new, c_new = h_new.squeeze(0), c_new.squeeze(0)
         return (h_new, c_new) if self.mode == "LSTM" else h_new
@@ -257,7 +384,7 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
                 linears["hr" + suffix] = quantized_linear(
                     ctx, module_tensor(module, f"weight_hr{suffix}", ctx), None
                 )
-    return QuantizedRNN(module, linears)
+    return QuantizedRNN(module, linears, ctx.kernel_candidates("recurrent"))
 
 
 def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
@@ -275,7 +402,7 @@ def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
         )
         for part in ("ih", "hh")
     )
-    return QuantizedRNNCell(module, ih, hh)
+    return QuantizedRNNCell(module, ih, hh, ctx.kernel_candidates("recurrent"))
 
 
 _RNN_WEIGHT = re.compile(r"^(.*?)weight_(ih|hh|hr)(_l\d+(?:_reverse)?)?$")

@@ -1,0 +1,398 @@
+"""The native int8 kernels (quantcore_int8's C++ extension): checked against a float64 computation
+from the quantization formulas, against the reference backend, and as drop-ins inside layers
+(release, copies, torch.compile, fallback). Skipped, with the reason, where the extension is not
+built; `QUANTCORE_REQUIRE_NATIVE=1` (set by CI) turns that skip into a failure."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+
+import pytest
+import torch
+from quantcore_int8 import kernels_native, native
+from quantcore_int8.kernels_cpu import activation_bits
+from quantcore_int8.quantization import activation_range
+from torch import nn
+
+import quantcore
+from quantcore import ActivationSpec, Granularity, KernelRequest
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _native_kernels() -> None:
+    reason = native.unavailable_reason()
+    if reason is not None:
+        if os.environ.get("QUANTCORE_REQUIRE_NATIVE", "") not in ("", "0"):
+            pytest.fail(f"QUANTCORE_REQUIRE_NATIVE is set but the native kernels are off: {reason}")
+        pytest.skip(f"native kernels are off: {reason}")
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+
+def _quantized_tokens(
+    x: torch.Tensor, bits: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token integers, scales and zero points from the formulas (float32, as specified)."""
+    qmin, qmax = activation_range(bits, symmetric)
+    x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+    if symmetric:
+        bound = x.abs().amax(1, keepdim=True).clamp_min(1e-30)
+        q = torch.round(x * (qmax / bound)).clamp(qmin, qmax)
+        return q, bound / qmax, torch.zeros_like(bound)
+    low = x.amin(1, keepdim=True).clamp_max(0)
+    high = x.amax(1, keepdim=True).clamp_min(0)
+    steps = qmax - qmin
+    scale = (high / steps - low / steps).clamp_min(torch.finfo(torch.float32).tiny)
+    zero = (qmin - torch.round(low / scale)).clamp(qmin, qmax)
+    return (torch.round(x / scale) + zero).clamp(qmin, qmax), scale, zero
+
+
+def _oracle(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    bits: int,
+    symmetric: bool,
+) -> torch.Tensor:
+    """The linear layer from first principles: dequantize both sides, matmul in float64."""
+    q, scale, zero = _quantized_tokens(x, bits, symmetric)
+    activations = (q.double() - zero.double()) * scale.double()
+    w = weight.double() * weight_scale.double().reshape(-1, 1)
+    y = activations @ w.T
+    if bias is not None:
+        y = y + bias.double()
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _layer(
+    out_features: int, in_features: int, symmetric: bool, bias: bool = True, bits: int = 0
+) -> tuple[kernels_native.NativeInt8Linear, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(out_features * 1000 + in_features)
+    weight = torch.randint(-127, 128, (out_features, in_features), generator=generator)
+    weight = weight.to(torch.int8)
+    scale = torch.rand(out_features, generator=generator) * 0.01 + 1e-3
+    bias_values = torch.randn(out_features, generator=generator) if bias else None
+    spec = quantcore.WeightSpec(Granularity.PER_CHANNEL, symmetric=True, axis=0)
+    activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric, bits=bits or None)
+    request = KernelRequest(
+        "linear",
+        quantcore.QuantizedWeight("int8", weight, scale=scale, spec=spec),
+        bias_values,
+        activation,
+        CPU,
+    )
+    assert kernels_native.supports_native(request)
+    return kernels_native.NativeInt8Linear(request), weight, scale, bias_values
+
+
+def _inputs(tokens: int, features: int, seed: int = 0) -> torch.Tensor:
+    x = torch.randn(tokens, features, generator=torch.Generator().manual_seed(seed))
+    x[:, 3 % features] *= 20  # an outlier channel
+    if tokens > 2:
+        x[1] = 0.0  # an all-zero token
+        x[2] = x[2].abs()  # a one-sided token (zero point at the end of the range)
+    return x
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rtol: float = 2e-6) -> bool:
+    scale = float(expected.abs().max())
+    return bool(torch.allclose(got.double(), expected, rtol=0, atol=rtol * scale))
+
+
+# -------------------------------------------------------------------------- the linear op
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 17, 64, 65, 130, 600])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(("out_features", "in_features"), [(48, 96), (33, 97), (300, 1000)])
+def test_the_native_linear_computes_the_formulas(
+    tokens: int, symmetric: bool, out_features: int, in_features: int
+) -> None:
+    """Sizes off the vector widths (97 inputs: scalar tails), above fbgemm's blocks (1000), and
+    token counts around every threshold: the same integers, exact int32 sums."""
+    kernel, weight, scale, bias = _layer(out_features, in_features, symmetric)
+    x = _inputs(tokens, in_features)
+    got = kernel(x)
+    expected = _oracle(x, weight, scale, bias, kernel.bits, symmetric)
+    assert got.shape == (tokens, out_features) and got.dtype == torch.float32
+    assert _close(got, expected)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rounding_ties_go_to_the_even_integer(symmetric: bool) -> None:
+    """Values exactly halfway between two steps round as torch.round does (half to even); one
+    integer off anywhere moves the output by far more than the tolerance."""
+    kernel, weight, scale, _ = _layer(16, 64, symmetric, bias=False, bits=8)
+    qmin, qmax = activation_range(8, symmetric)
+    step = 1.0
+    x = torch.zeros(1, 64)
+    x[0, 0] = qmin * step if not symmetric else -qmax * step  # the range: scale is exactly 1
+    x[0, 1] = qmax * step
+    x[0, 2:10] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 100.5, -99.5])
+    if not symmetric:  # scale = (127 - (-128)) / 255 = 1, zero point 0
+        x[0, 1] = float(qmax)
+    q, token_scale, _ = _quantized_tokens(x, 8, symmetric)
+    assert float(token_scale) == 1.0
+    assert q[0, 2:10].tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 100.0, -100.0]
+    assert _close(kernel(x), _oracle(x, weight, scale, None, 8, symmetric), rtol=1e-7)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_token_poisons_only_its_own_row(symmetric: bool, poison: float) -> None:
+    kernel, weight, scale, bias = _layer(48, 96, symmetric)
+    x = _inputs(5, 96)
+    x[0, 7] = poison
+    got = kernel(x)
+    assert bool(torch.isnan(got[0]).all())
+    assert _close(got[1:], _oracle(x[1:], weight, scale, bias, kernel.bits, symmetric))
+
+
+def test_seven_bit_activations_follow_the_formulas() -> None:
+    """The width CPUs without VNNI use, run here too (it is the spec's own bits)."""
+    for symmetric in (True, False):
+        kernel, weight, scale, bias = _layer(48, 96, symmetric, bits=7)
+        assert kernel.bits == 7
+        x = _inputs(40, 96)
+        assert _close(kernel(x), _oracle(x, weight, scale, bias, 7, symmetric))
+
+
+def test_the_width_self_test_agrees_with_the_cpu_choice() -> None:
+    """8-bit activations are served only where the native GEMM computes them exactly."""
+    default = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
+    kernel, *_ = _layer(8, 64, symmetric=False)
+    assert kernel.bits == activation_bits(default, CPU)
+    if not kernels_native.native_int8_exact():
+        assert activation_bits(default, CPU) == 7 or not kernels_native.supports_native(
+            KernelRequest("linear", _layer(8, 64, False)[0].plain_weight(), None, default, CPU)
+        )
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    kernel, *_ = _layer(300, 1000, symmetric=False)
+    x = _inputs(130, 1000)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel(x)
+        torch.set_num_threads(2)
+        two = kernel(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_come_back_in_their_dtype(dtype: torch.dtype) -> None:
+    kernel, weight, scale, bias = _layer(48, 96, symmetric=False)
+    x = _inputs(3, 96).to(dtype)
+    got = kernel(x)
+    assert got.dtype == dtype
+    expected = _oracle(x.float(), weight, scale, bias, kernel.bits, False)
+    assert _close(got.float(), expected, rtol=1e-2)
+
+
+def test_leading_dims_and_strided_inputs() -> None:
+    kernel, weight, scale, bias = _layer(48, 96, symmetric=False)
+    x = _inputs(24, 96).reshape(4, 6, 96).transpose(0, 1)  # not contiguous
+    got = kernel(x)
+    assert got.shape == (6, 4, 48)
+    assert _close(got, _oracle(x, weight, scale, bias, kernel.bits, False))
+    assert kernel(torch.empty(0, 96)).shape == (0, 48)
+
+
+def test_the_packed_weight_gives_the_exact_int8_values_back() -> None:
+    kernel, weight, *_ = _layer(33, 97, symmetric=False)
+    assert not kernel.release_plain_weight()  # nothing packed yet: the plain copy is needed
+    kernel(_inputs(2, 97))
+    assert kernel.release_plain_weight() and kernel.wq is None
+    assert torch.equal(kernel.plain_weight().data, weight)
+
+
+def test_a_wrong_input_width_is_an_error_naming_both() -> None:
+    kernel, *_ = _layer(48, 96, symmetric=False)
+    with pytest.raises(RuntimeError, match="input has 95 features, the layer expects 96"):
+        kernel(torch.randn(2, 95))
+
+
+# ----------------------------------------------------------------- inside quantized layers
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 16)).eval()
+
+
+def _quantize(model: nn.Module) -> nn.Module:
+    module = quantcore.quantize(model, "int8", plugin_manager=quantcore.create_plugin_manager())
+    assert module.module is not None
+    return module.module
+
+
+def test_layers_run_the_native_kernel_and_match_the_pure_torch_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _model()
+    quantized = _quantize(model)
+    assert quantized[0].kernel_name == "int8-linear-native"
+    monkeypatch.setattr(native, "available", lambda: False)
+    fallback = _quantize(model)
+    assert fallback[0].kernel_name != "int8-linear-native"
+    for tokens in (1, 8, 100):
+        x = torch.randn(tokens, 64)
+        with torch.inference_mode():
+            assert torch.allclose(quantized(x), fallback(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_released_layer_copies_saves_and_pickles_its_exact_weights() -> None:
+    quantized = _quantize(_model())
+    before = {k: v.clone() for k, v in quantized.state_dict().items()}
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        expected = quantized(x)
+    assert quantized[0]._buffers["weight"].is_meta  # released after the first call
+    for copied in (copy.deepcopy(quantized), pickle.loads(pickle.dumps(quantized))):
+        assert copied[0].kernel_name == "int8-linear-native"
+        state = copied.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in before.items())
+        with torch.inference_mode():
+            assert torch.equal(copied(x), expected)
+
+
+def test_inputs_that_require_grad_are_differentiable() -> None:
+    quantized = _quantize(_model())
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = quantized(x)
+    x.requires_grad_(True)
+    y = quantized(x)
+    assert torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("tokens", [1, 100])
+def test_under_torch_compile_a_call_is_one_graph_op(tokens: int) -> None:
+    torch._dynamo.reset()
+    quantized = _quantize(_model())
+    x = torch.randn(tokens, 64)
+    with torch.no_grad():
+        assert torch._dynamo.explain(quantized)(x).graph_break_count == 0
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), quantized(x))
+    assert quantized[0]._buffers["weight"].is_meta  # the graph's calls release it too
+
+
+def test_the_disable_variable_turns_the_native_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "1")
+    assert "QUANTCORE_DISABLE_NATIVE is set" in (native._check() or "")
+    monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
+    assert native._check() is None
+
+
+# ------------------------------------------------------------------------------ recurrent
+
+
+def _recurrent(kind: str, **options: object) -> nn.Module:
+    torch.manual_seed(3)
+    sizes = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
+    extra = {"nonlinearity": kind.split("_")[1]} if kind.startswith("rnn") else {}
+    return sizes[kind](24, 32, **extra, **options).eval()  # type: ignore[arg-type]
+
+
+def _python_loop_quantize(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> nn.Module:
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels_native, "supports_native_recurrent", lambda request: False)
+        return _quantize(model)
+
+
+RECURRENT_VARIANTS = [
+    ("lstm", {}),
+    ("lstm", {"num_layers": 2, "bidirectional": True, "batch_first": True}),
+    ("lstm", {"proj_size": 12, "num_layers": 2}),
+    ("gru", {"num_layers": 2, "bidirectional": True}),
+    ("rnn_tanh", {"bias": False}),
+    ("rnn_relu", {"num_layers": 2}),
+]
+
+
+@pytest.mark.parametrize(("kind", "options"), RECURRENT_VARIANTS)
+def test_the_native_sequence_computes_what_the_python_loop_does(
+    kind: str, options: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _recurrent(kind, **options)
+    fused, loop = _quantize(model), _python_loop_quantize(model, monkeypatch)
+    assert fused.kernel_name.startswith("int8-recurrent-native")
+    assert "int8-recurrent-native" not in loop.kernel_name
+    batch_first = bool(options.get("batch_first"))
+    x = torch.randn(4, 9, 24) if batch_first else torch.randn(9, 4, 24)
+    lengths = torch.tensor([9, 5, 1, 7])
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False)
+    with torch.inference_mode():
+        for inputs in (x, packed, x[0] if not batch_first else x[:, 0]):
+            got, want = fused(inputs), loop(inputs)
+            for a, b in zip(_flatten(got), _flatten(want), strict=True):
+                assert a.shape == b.shape
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (kind, options)
+
+
+def _flatten(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, nn.utils.rnn.PackedSequence):
+        return [value.data]
+    assert isinstance(value, tuple)
+    return [t for item in value for t in _flatten(item)]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_native_cells_compute_what_the_python_step_does(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(4)
+    cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn_tanh": nn.RNNCell}[kind](24, 32).eval()
+    fused, loop = _quantize(cell), _python_loop_quantize(cell, monkeypatch)
+    assert fused.kernel_name.startswith("int8-recurrent-native")
+    x, h = torch.randn(5, 24), torch.randn(5, 32)
+    state = (h, torch.randn(5, 32)) if kind == "lstm" else h
+    with torch.inference_mode():
+        for args in ((x,), (x, state), (x[0],)):
+            for a, b in zip(_flatten(fused(*args)), _flatten(loop(*args)), strict=True):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_python_loop_serves_what_the_native_sequence_cannot() -> None:
+    """Autograd and dropout in training take the loop (the native op has neither)."""
+    model = _recurrent("lstm", num_layers=2, dropout=0.5)
+    fused = _quantize(model)
+    x = torch.randn(6, 2, 24, requires_grad=True)
+    out, _ = fused(x)
+    out.sum().backward()
+    assert x.grad is not None
+    fused.train()
+    torch.manual_seed(0)
+    a, _ = fused(x.detach())
+    torch.manual_seed(1)
+    b, _ = fused(x.detach())
+    assert not torch.equal(a, b)  # dropout between the layers ran
+
+
+def test_the_sequence_releases_its_pieces_plain_weights_and_survives_copies() -> None:
+    model = _recurrent("gru", num_layers=2)
+    fused = _quantize(model)
+    before = {k: v.clone() for k, v in fused.state_dict().items()}
+    x = torch.randn(7, 3, 24)
+    with torch.inference_mode():
+        expected, _ = fused(x)
+    assert all(piece._buffers["weight"].is_meta for piece in fused.linears.values())
+    copied = pickle.loads(pickle.dumps(fused))
+    assert copied.kernel_name == fused.kernel_name
+    assert all(torch.equal(copied.state_dict()[k], v) for k, v in before.items())
+    with torch.inference_mode():
+        assert torch.equal(copied(x)[0], expected)
