@@ -9,17 +9,18 @@ token, and nothing but the op runs per call.
 Recurrent layers (LSTM/GRU/RNN) whose linear pieces all run this kernel get one more op: the whole
 sequence (every layer, direction and time step) in native code.
 
-The packed weights are C++ objects (``torch.classes.quantcore_int8.PackedLinear``), made on the
-first call and never pickled; they give the exact int8 weight back, so the layer can drop its
-plain copy (quantcore.PackedWeightKernel). Under ``torch.compile`` a call enters the graph as one
-opaque op (quantcore.call_in_graph) that runs the eager call.
+The packed weights are C++ objects (``quantcore_int8._native.PackedLinear``), made on the first
+call and never pickled; they give the exact int8 weight back, so the layer can drop its plain copy
+(quantcore.PackedWeightKernel). Calls go to the extension through pybind11, about a microsecond;
+under ``torch.compile`` a call enters the graph as one opaque op (quantcore.call_in_graph) that
+runs the eager call.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from quantcore_int8 import native
 from quantcore_int8.kernels_cpu import activation_bits, channel_scales, supports_per_token
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 
+if TYPE_CHECKING:
+    from quantcore_int8 import _native
+
 
 @functools.cache
 def native_int8_exact() -> bool:
@@ -36,12 +40,12 @@ def native_int8_exact() -> bool:
     int8 GEMMs add pairs of u8 x s8 products in saturating int16."""
     if not native.available():
         return False
+    extension = native.extension()
     k = 64
-    packed = torch.classes.quantcore_int8.PackedLinear(
-        torch.full((4, k), 127, dtype=torch.int8), torch.ones(4), 8, False
-    )
+    weight = torch.full((4, k), 127, dtype=torch.int8)
+    packed = extension.PackedLinear(weight, torch.ones(4), 8, False)
     # every input 1.0: scale 1/255, each token quantizes to 255 (the largest u8)
-    y = torch.ops.quantcore_int8.native_linear(torch.ones(2, k), packed, None)
+    y = extension.linear(torch.ones(2, k), packed, None)
     return abs(float(y[0, 0]) - 127 * k) < 1e-3 * 127 * k
 
 
@@ -63,15 +67,16 @@ class NativeInt8Linear:
         self.bias = None if request.bias is None else request.bias.detach().to(torch.float32)
         self.activation = request.activation
         self.bits = activation_bits(request.activation, request.device)
-        self.packed: Any = None
+        self.packed: _native.PackedLinear | None = None
         self.after_graph_call: Callable[[], None] | None = None
         self.graph_handle = graph_handle(self, (self.out_features,))
-        self._op = torch.ops.quantcore_int8.native_linear.default
+        self._extension = native.extension()
+        self._linear: Callable[..., torch.Tensor] = self._extension.linear
 
-    def pack(self) -> Any:
+    def pack(self) -> _native.PackedLinear:
         """The C++ packed weight (made once, on first use)."""
         if self.packed is None:
-            self.packed = torch.classes.quantcore_int8.PackedLinear(
+            self.packed = self._extension.PackedLinear(
                 self._plain_int8(), self.scales, self.bits, self.activation.symmetric
             )
         return self.packed
@@ -79,7 +84,8 @@ class NativeInt8Linear:
     def _plain_int8(self) -> torch.Tensor:
         if self.wq is not None:
             return self.wq
-        return self.packed.unpack()  # type: ignore[no-any-return]
+        assert self.packed is not None
+        return self.packed.unpack()
 
     def release_plain_weight(self) -> bool:
         if self.packed is None:
@@ -104,9 +110,8 @@ class NativeInt8Linear:
             return call_in_graph(self.graph_handle, x)
         packed = self.packed if self.packed is not None else self.pack()
         if x.dtype == torch.float32:
-            out: torch.Tensor = self._op(x, packed, self.bias)
-            return out
-        return self._op(x.to(torch.float32), packed, self.bias).to(x.dtype)  # type: ignore[no-any-return]
+            return self._linear(x, packed, self.bias)
+        return self._linear(x.to(torch.float32), packed, self.bias).to(x.dtype)
 
 
 def prepare_native_linear(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -146,10 +151,10 @@ class NativeRecurrent:
         self.bidirectional: bool = options["bidirectional"]
         self.cells: tuple[tuple[NativeInt8Linear, NativeInt8Linear, NativeInt8Linear | None], ...]
         self.cells = options["cells"]
-        self.packed: Any = None  # built on the first call: quantizing never pays for packing
+        self.packed: _native.PackedRecurrent | None = None  # built on the first call
 
-    def _build(self) -> Any:
-        packed = torch.classes.quantcore_int8.PackedRecurrent(
+    def _build(self) -> _native.PackedRecurrent:
+        packed: _native.PackedRecurrent = native.extension().PackedRecurrent(
             self.mode, self.hidden_size, self.num_layers, self.bidirectional
         )
         for ih, hh, hr in self.cells:
@@ -165,10 +170,10 @@ class NativeRecurrent:
         c0: torch.Tensor,
         lengths: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.packed is None:
-            self.packed = self._build()
+        packed = self.packed if self.packed is not None else self._build()
+        self.packed = packed
         no_lengths = x.new_empty(0, dtype=torch.long)
-        output, h_n, c_n = self.packed.forward(
+        output, h_n, c_n = packed.forward(
             x.to(torch.float32),
             h0,
             c0,

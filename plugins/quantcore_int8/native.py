@@ -7,6 +7,7 @@ import functools
 import importlib
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -33,17 +34,23 @@ def _check() -> str | None:
     if os.environ.get(DISABLE_VARIABLE, "") not in ("", "0"):
         return f"{DISABLE_VARIABLE} is set"
     try:
-        importlib.import_module("quantcore_int8._native")
+        extension = importlib.import_module("quantcore_int8._native")
     except ImportError as error:
         return f"the extension is not built or does not load ({error}); {_REBUILD}"
-    built: str = torch.ops.quantcore_int8.native_torch_version()
+    built: str = extension.torch_version()
     running = torch.__version__.split("+")[0]
     if built != running:
         return f"the extension was built against torch {built}, this is torch {running}; {_REBUILD}"
-    if not torch.ops.quantcore_int8.native_cpu_supported():
+    if not extension.cpu_supported():
         return "fbgemm does not support this CPU"
     return None
 
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def extension() -> Any:
+    """The extension module, ``quantcore_int8._native`` (typed in ``_native.pyi``); call it only
+    where :func:`available` is true."""
+    return importlib.import_module("quantcore_int8._native")

@@ -1,6 +1,8 @@
-// The extension's torch.library registrations and its Python module (import it to load the ops).
-#include <Python.h>
-#include <torch/library.h>
+// The extension's Python module. Calls come straight through pybind11 (about a microsecond):
+// a torch.library op taking the packed weight as a script object cost several times that per
+// call, which small layers cannot afford. torch.compile reaches these calls through
+// quantcore.call_in_graph, so they need no op schema of their own.
+#include <torch/extension.h>
 
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
@@ -8,53 +10,49 @@
 #include <torch/version.h>
 #endif
 
+#include <memory>
 #include <string>
 
 #include "packed_linear.h"
 #include "packed_recurrent.h"
 
-namespace quantcore_int8 {
 namespace {
-
-using Packed = c10::intrusive_ptr<PackedLinear>;
 
 std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);
 }
 
-at::Tensor linear(const at::Tensor& x, const Packed& packed, const c10::optional<at::Tensor>& bias) {
-  return packed->forward(x, bias);
-}
-
 }  // namespace
-}  // namespace quantcore_int8
 
-TORCH_LIBRARY_FRAGMENT(quantcore_int8, m) {
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
   using quantcore_int8::PackedLinear;
-  m.class_<PackedLinear>("PackedLinear")
-      .def(torch::init<at::Tensor, at::Tensor, int64_t, bool>())
-      .def("unpack", &PackedLinear::unpack)
-      .def("in_features", &PackedLinear::in_features)
-      .def("out_features", &PackedLinear::out_features);
   using quantcore_int8::PackedRecurrent;
-  m.class_<PackedRecurrent>("PackedRecurrent")
-      .def(torch::init<std::string, int64_t, int64_t, bool>())
-      .def("add_cell", &PackedRecurrent::add_cell)
-      .def("add_projection", &PackedRecurrent::add_projection)
-      .def("forward", &PackedRecurrent::forward);
-  m.def("native_cpu_supported() -> bool", &quantcore_int8::cpu_supported);
-  m.def("native_torch_version() -> str", &quantcore_int8::torch_version);
-  m.def(
-      "native_linear(Tensor x, __torch__.torch.classes.quantcore_int8.PackedLinear packed, "
-      "Tensor? bias) -> Tensor",
-      &quantcore_int8::linear);
-}
+  m.doc() = "quantcore's native int8 CPU kernels (fbgemm GEMMs, per-token activations)";
+  m.def("torch_version", &torch_version, "the torch version this extension was built against");
+  m.def("cpu_supported", &quantcore_int8::cpu_supported, "whether fbgemm runs on this CPU");
 
-extern "C" {
-// `import quantcore_int8._native` loads the library, which registers the ops above.
-PyMODINIT_FUNC PyInit__native(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
+  py::class_<PackedLinear, std::shared_ptr<PackedLinear>>(m, "PackedLinear")
+      .def(py::init<const at::Tensor&, const at::Tensor&, int64_t, bool>(), py::arg("weight"),
+           py::arg("scales"), py::arg("bits"), py::arg("symmetric"))
+      .def("unpack", &PackedLinear::unpack, "the exact int8 weight, from the packed copy")
+      .def_property_readonly("in_features", &PackedLinear::in_features)
+      .def_property_readonly("out_features", &PackedLinear::out_features);
+  m.def(
+      "linear",
+      [](const at::Tensor& x, const PackedLinear& packed, const std::optional<at::Tensor>& bias) {
+        return packed.forward(x, bias);
+      },
+      py::arg("x"), py::arg("packed"), py::arg("bias"), py::call_guard<py::gil_scoped_release>(),
+      "float32 [..., in] -> float32 [..., out]: per-token quantization, int8 GEMM, epilogue");
+
+  py::class_<PackedRecurrent, std::shared_ptr<PackedRecurrent>>(m, "PackedRecurrent")
+      .def(py::init<const std::string&, int64_t, int64_t, bool>(), py::arg("mode"),
+           py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"))
+      .def("add_cell", &PackedRecurrent::add_cell, py::arg("ih"), py::arg("hh"),
+           py::arg("bias_ih"), py::arg("bias_hh"))
+      .def("add_projection", &PackedRecurrent::add_projection, py::arg("hr"))
+      .def("forward", &PackedRecurrent::forward, py::arg("x"), py::arg("h0"), py::arg("c0"),
+           py::arg("lengths"), py::call_guard<py::gil_scoped_release>());
 }

@@ -70,7 +70,7 @@ void PackedLinear::run(const float* x, int64_t tokens, const float* bias, float*
   });
 }
 
-at::Tensor PackedLinear::forward(const at::Tensor& x, const c10::optional<at::Tensor>& bias) const {
+at::Tensor PackedLinear::forward(const at::Tensor& x, const std::optional<at::Tensor>& bias) const {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
               "quantcore_int8.linear: the input must be float32 on the CPU");
   TORCH_CHECK(x.size(-1) == in_, "quantcore_int8.linear: input has ", x.size(-1),

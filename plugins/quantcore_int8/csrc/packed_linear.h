@@ -4,20 +4,19 @@
 
 #include <ATen/ATen.h>
 #include <fbgemm/Fbgemm.h>
-#include <torch/custom_class.h>
 
 #include <memory>
 
 namespace quantcore_int8 {
 
-class PackedLinear : public torch::CustomClassHolder {
+class PackedLinear {
  public:
   // weight: int8 [out, in]; scales: float32 [out]; bits: activation width (2-8); symmetric:
   // per-token symmetric or asymmetric activations.
   PackedLinear(const at::Tensor& weight, const at::Tensor& scales, int64_t bits, bool symmetric);
 
   // x: float32 [tokens, in] (contiguous) -> float32 [tokens, out]
-  at::Tensor forward(const at::Tensor& x, const c10::optional<at::Tensor>& bias) const;
+  at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& bias) const;
 
   // y[tokens, out] = linear of x[tokens, in] (raw pointers, for the recurrent loops).
   void run(const float* x, int64_t tokens, const float* bias, float* y) const;

@@ -22,7 +22,7 @@ CellMode parse_mode(const std::string& mode) {
 
 const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
-at::Tensor float_bias(const c10::optional<at::Tensor>& bias) {
+at::Tensor float_bias(const std::optional<at::Tensor>& bias) {
   if (!bias.has_value() || !bias->defined()) return at::Tensor();
   return bias->to(at::kFloat).contiguous();
 }
@@ -83,8 +83,8 @@ int64_t PackedRecurrent::gates() const {
   }
 }
 
-void PackedRecurrent::add_cell(Packed ih, Packed hh, const c10::optional<at::Tensor>& bias_ih,
-                               const c10::optional<at::Tensor>& bias_hh) {
+void PackedRecurrent::add_cell(Packed ih, Packed hh, const std::optional<at::Tensor>& bias_ih,
+                               const std::optional<at::Tensor>& bias_hh) {
   TORCH_CHECK(ih->out_features() == gates() * hidden_ && hh->out_features() == gates() * hidden_,
               "quantcore_int8: recurrent weights do not match the hidden size");
   cells_.push_back(Cell{std::move(ih), std::move(hh), Packed(), float_bias(bias_ih),

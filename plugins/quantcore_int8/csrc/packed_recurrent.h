@@ -4,8 +4,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <torch/custom_class.h>
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -16,17 +17,17 @@ namespace quantcore_int8 {
 
 enum class CellMode { kLstm, kGru, kRnnTanh, kRnnRelu };
 
-class PackedRecurrent : public torch::CustomClassHolder {
+class PackedRecurrent {
  public:
-  using Packed = c10::intrusive_ptr<PackedLinear>;
+  using Packed = std::shared_ptr<PackedLinear>;
 
   // mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (torch's own names)
   PackedRecurrent(const std::string& mode, int64_t hidden_size, int64_t num_layers,
                   bool bidirectional);
 
   // One call per layer and direction, in torch's order (l0, l0_reverse, l1, ...).
-  void add_cell(Packed ih, Packed hh, const c10::optional<at::Tensor>& bias_ih,
-                const c10::optional<at::Tensor>& bias_hh);
+  void add_cell(Packed ih, Packed hh, const std::optional<at::Tensor>& bias_ih,
+                const std::optional<at::Tensor>& bias_hh);
   // The LSTM projection (proj_size) of the cell added last.
   void add_projection(Packed hr);
 
