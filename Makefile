@@ -9,9 +9,9 @@ PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The native int8 kernels (plugins/quantcore_int8/csrc) compile against the installed torch, so
+# The native kernels (native/csrc) compile against the installed torch, so
 # torch and the build tools go in first and quantcore is built without build isolation.
-NATIVE_SOURCES := setup.py $(wildcard plugins/quantcore_int8/csrc/*)
+NATIVE_SOURCES := setup.py $(wildcard native/csrc/*)
 
 $(VENV)/.installed-build: $(BIN)/python constraints.txt
 	$(PIP_INSTALL) torch setuptools ninja
@@ -51,4 +51,4 @@ lint: $(VENV)/.installed-dev  ## ruff and mypy
 check: test test-slow lint
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache plugins/*/*.so
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache native/*/*.so

@@ -1,5 +1,5 @@
-"""Builds the optional native int8 CPU kernels (``quantcore_int8._native``) next to the Python
-packages described in pyproject.toml.
+"""Builds the optional native CPU kernels (``quantcore_native._C``, from ``native/csrc``) next to
+the Python packages described in pyproject.toml.
 
 The extension compiles against the torch that is importable while building, so install with
 ``pip install --no-build-isolation`` into an environment that already has torch (the Makefile
@@ -15,7 +15,7 @@ from typing import Any
 
 from setuptools import setup
 
-SOURCES = sorted(glob("plugins/quantcore_int8/csrc/*.cpp"))
+SOURCES = sorted(glob("native/csrc/*.cpp"))
 
 
 def native_build() -> dict[str, Any]:
@@ -29,7 +29,7 @@ def native_build() -> dict[str, Any]:
         )
         return {}
     extension = CppExtension(
-        "quantcore_int8._native",
+        "quantcore_native._C",
         SOURCES,
         extra_compile_args=["-O3", "-g0"],
         optional=True,  # a failed compile leaves the pure-torch kernels, not a failed install

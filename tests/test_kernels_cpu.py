@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Callable
 
 import pytest
+import quantcore_native
 import torch
 from quantcore_fp16 import kernels_cpu as fp16_cpu
 from quantcore_int8 import kernels_cpu as int8_cpu
-from quantcore_int8 import native as int8_native
 from torch import nn
 
 import quantcore
@@ -171,7 +171,7 @@ def _quantize_linear(
 def test_missing_fbgemm_falls_back_to_onednn_then_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(int8_native, "available", lambda: False)
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)
     monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
     expected_kernel = "int8-linear-onednn" if int8_cpu.onednn_available() else None
@@ -194,7 +194,7 @@ def test_report_names_the_fast_kernel(plugin_manager: quantcore.QuantcorePluginM
     (line,) = result.report.quantized
     assert result.module is not None
     assert line.kernel == result.module[0].kernel_name
-    if int8_native.available():
+    if quantcore_native.available():
         assert line.kernel == "int8-linear-native"
     elif int8_cpu.fbgemm_available() and int8_cpu.onednn_available():
         assert line.kernel == "int8-linear-fbgemm+onednn"
@@ -253,6 +253,7 @@ def test_fp16_backend_computes_the_reference(
 
 
 def test_missing_fp16_kernel_falls_back_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)
     monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "fp16")
     assert quantized[0].kernel_name == "fp16-linear-reference"
@@ -313,7 +314,7 @@ def test_the_compiled_int8_model_has_no_graph_break_on_onednn(
     """The oneDNN GEMM is an op of the graph, its weight packed while tracing when no eager call
     packed it before (compiling first is how most users call torch.compile)."""
     torch._dynamo.reset()
-    monkeypatch.setattr(int8_native, "available", lambda: False)  # the pure-torch kernels
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)  # the pure-torch kernels
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
     _skip_unless_onednn_serves(quantized[0])
     x = torch.randn(100, 64)  # above fbgemm's 64 tokens: oneDNN
@@ -334,7 +335,7 @@ def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
     serves enters the graph as one opaque op (the layer's eager call, found through its graph
     handle), so decoding under torch.compile has no graph break per layer."""
     torch._dynamo.reset()
-    monkeypatch.setattr(int8_native, "available", lambda: False)  # the pure-torch kernels
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)  # the pure-torch kernels
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), dtype)
     if "fbgemm" not in quantized[0].kernel_name:
         pytest.skip(f"{quantized[0].kernel_name} serves this layer here")
@@ -365,7 +366,7 @@ def test_no_cpu_linear_kernel_is_a_graph_break(
     """What the README promises: torch.compile traces every CPU linear kernel, fast or reference,
     few tokens or many, without a graph break and without a warm-up call."""
     if "native" in unavailable:
-        monkeypatch.setattr(int8_native, "available", lambda: False)
+        monkeypatch.setattr(quantcore_native, "available", lambda: False)
     if "fbgemm" in unavailable:
         monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
         monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)

@@ -10,8 +10,10 @@ import os
 import pickle
 
 import pytest
+import quantcore_native
 import torch
-from quantcore_int8 import kernels_native, native
+from quantcore_fp16 import kernels_native as fp16_native
+from quantcore_int8 import kernels_native
 from quantcore_int8.kernels_cpu import activation_bits
 from quantcore_int8.quantization import activation_range
 from torch import nn
@@ -24,7 +26,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True)
 def _native_kernels() -> None:
-    reason = native.unavailable_reason()
+    reason = quantcore_native.unavailable_reason()
     if reason is not None:
         if os.environ.get("QUANTCORE_REQUIRE_NATIVE", "") not in ("", "0"):
             pytest.fail(f"QUANTCORE_REQUIRE_NATIVE is set but the native kernels are off: {reason}")
@@ -211,7 +213,7 @@ def test_the_packed_weight_gives_the_exact_int8_values_back() -> None:
     kernel, weight, *_ = _layer(33, 97, symmetric=False)
     assert not kernel.release_plain_weight()  # nothing packed yet: the plain copy is needed
     kernel(_inputs(2, 97))
-    assert kernel.release_plain_weight() and kernel.wq is None
+    assert kernel.release_plain_weight() and kernel.plain is None
     assert torch.equal(kernel.plain_weight().data, weight)
 
 
@@ -229,8 +231,8 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 16)).eval()
 
 
-def _quantize(model: nn.Module) -> nn.Module:
-    module = quantcore.quantize(model, "int8", plugin_manager=quantcore.create_plugin_manager())
+def _quantize(model: nn.Module, dtype: str = "int8") -> nn.Module:
+    module = quantcore.quantize(model, dtype, plugin_manager=quantcore.create_plugin_manager())
     assert module.module is not None
     return module.module
 
@@ -241,7 +243,7 @@ def test_layers_run_the_native_kernel_and_match_the_pure_torch_kernels(
     model = _model()
     quantized = _quantize(model)
     assert quantized[0].kernel_name == "int8-linear-native"
-    monkeypatch.setattr(native, "available", lambda: False)
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)
     fallback = _quantize(model)
     assert fallback[0].kernel_name != "int8-linear-native"
     for tokens in (1, 8, 100):
@@ -290,10 +292,52 @@ def test_under_torch_compile_a_call_is_one_graph_op(tokens: int) -> None:
 
 
 def test_the_disable_variable_turns_the_native_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(native.DISABLE_VARIABLE, "1")
-    assert "QUANTCORE_DISABLE_NATIVE is set" in (native._check() or "")
-    monkeypatch.setenv(native.DISABLE_VARIABLE, "0")
-    assert native._check() is None
+    monkeypatch.setenv(quantcore_native.DISABLE_VARIABLE, "1")
+    assert "QUANTCORE_DISABLE_NATIVE is set" in (quantcore_native._check() or "")
+    monkeypatch.setenv(quantcore_native.DISABLE_VARIABLE, "0")
+    assert quantcore_native._check() is None
+
+
+# ---------------------------------------------------------------------- the fp16 linear
+
+
+def _fp16_kernel(
+    out_features: int, in_features: int
+) -> tuple[fp16_native.NativeFp16Linear, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(in_features)
+    weight = (torch.randn(out_features, in_features, generator=generator) * 0.1).half()
+    bias = torch.randn(out_features, generator=generator)
+    request = KernelRequest("linear", quantcore.QuantizedWeight("fp16", weight), bias, None, CPU)
+    assert fp16_native.supports_native_fp16(request)
+    return fp16_native.NativeFp16Linear(request), weight, bias
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 130, 1100])
+@pytest.mark.parametrize(("out_features", "in_features"), [(48, 96), (33, 97)])
+def test_the_native_fp16_linear_computes_the_float16_weights_product(
+    tokens: int, out_features: int, in_features: int
+) -> None:
+    """Every token count, the fbgemm calls and the many-token widened GEMM alike: the float32
+    product of the float16 weight values (summation order aside)."""
+    kernel, weight, bias = _fp16_kernel(out_features, in_features)
+    x = _inputs(tokens, in_features)
+    expected = x.double() @ weight.double().T + bias.double()
+    got = kernel(x)
+    assert got.shape == (tokens, out_features) and got.dtype == torch.float32
+    assert _close(got, expected, rtol=1e-5)
+    assert kernel.serves_many_tokens == (tokens > 1024)
+
+
+def test_the_native_fp16_weight_comes_back_exactly_and_other_dtypes_run_in_theirs() -> None:
+    kernel, weight, bias = _fp16_kernel(48, 96)
+    kernel(_inputs(2, 96))
+    assert kernel.release_plain_weight() and kernel.plain is None
+    assert torch.equal(kernel.plain_weight().data, weight)
+    x = _inputs(3, 96).to(torch.bfloat16)
+    got = kernel(x)
+    assert got.dtype == torch.bfloat16
+    expected = x.double() @ weight.double().T + bias.double()
+    assert _close(got.double(), expected, rtol=2e-2)
 
 
 # ------------------------------------------------------------------------------ recurrent
@@ -306,10 +350,13 @@ def _recurrent(kind: str, **options: object) -> nn.Module:
     return sizes[kind](24, 32, **extra, **options).eval()  # type: ignore[arg-type]
 
 
-def _python_loop_quantize(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> nn.Module:
+def _python_loop_quantize(
+    model: nn.Module, monkeypatch: pytest.MonkeyPatch, dtype: str = "int8"
+) -> nn.Module:
     with monkeypatch.context() as patch:
         patch.setattr(kernels_native, "supports_native_recurrent", lambda request: False)
-        return _quantize(model)
+        patch.setattr(fp16_native, "supports_native_recurrent", lambda request: False)
+        return _quantize(model, dtype)
 
 
 RECURRENT_VARIANTS = [
@@ -322,14 +369,15 @@ RECURRENT_VARIANTS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
 @pytest.mark.parametrize(("kind", "options"), RECURRENT_VARIANTS)
 def test_the_native_sequence_computes_what_the_python_loop_does(
-    kind: str, options: dict[str, object], monkeypatch: pytest.MonkeyPatch
+    kind: str, options: dict[str, object], dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _recurrent(kind, **options)
-    fused, loop = _quantize(model), _python_loop_quantize(model, monkeypatch)
-    assert fused.kernel_name.startswith("int8-recurrent-native")
-    assert "int8-recurrent-native" not in loop.kernel_name
+    fused, loop = _quantize(model, dtype), _python_loop_quantize(model, monkeypatch, dtype)
+    assert fused.kernel_name.startswith(f"{dtype}-recurrent-native")
+    assert "recurrent-native" not in loop.kernel_name
     batch_first = bool(options.get("batch_first"))
     x = torch.randn(4, 9, 24) if batch_first else torch.randn(9, 4, 24)
     lengths = torch.tensor([9, 5, 1, 7])
@@ -351,14 +399,15 @@ def _flatten(value: object) -> list[torch.Tensor]:
     return [t for item in value for t in _flatten(item)]
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
 def test_native_cells_compute_what_the_python_step_does(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(4)
     cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn_tanh": nn.RNNCell}[kind](24, 32).eval()
-    fused, loop = _quantize(cell), _python_loop_quantize(cell, monkeypatch)
-    assert fused.kernel_name.startswith("int8-recurrent-native")
+    fused, loop = _quantize(cell, dtype), _python_loop_quantize(cell, monkeypatch, dtype)
+    assert fused.kernel_name.startswith(f"{dtype}-recurrent-native")
     x, h = torch.randn(5, 24), torch.randn(5, 32)
     state = (h, torch.randn(5, 32)) if kind == "lstm" else h
     with torch.inference_mode():
@@ -383,9 +432,10 @@ def test_the_python_loop_serves_what_the_native_sequence_cannot() -> None:
     assert not torch.equal(a, b)  # dropout between the layers ran
 
 
-def test_the_sequence_releases_its_pieces_plain_weights_and_survives_copies() -> None:
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_the_sequence_releases_its_pieces_plain_weights_and_survives_copies(dtype: str) -> None:
     model = _recurrent("gru", num_layers=2)
-    fused = _quantize(model)
+    fused = _quantize(model, dtype)
     before = {k: v.clone() for k, v in fused.state_dict().items()}
     x = torch.randn(7, 3, 24)
     with torch.inference_mode():

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import quantcore_native
 import torch
 from quantcore_fp16 import kernels_cpu as fp16_cpu
 from quantcore_int8 import kernels_cpu as int8_cpu
-from quantcore_int8 import native as int8_native
 from torch import nn
 
 import quantcore
@@ -90,7 +90,7 @@ def test_int8_keeps_its_plain_weight_while_only_onednn_has_packed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """oneDNN's packed weight cannot be unpacked: until fbgemm's exists, the plain copy stays."""
-    monkeypatch.setattr(int8_native, "available", lambda: False)  # the fbgemm+oneDNN kernel
+    monkeypatch.setattr(quantcore_native, "available", lambda: False)  # the fbgemm+oneDNN kernel
     module = _quantized("int8")
     with torch.no_grad():
         module(torch.randn(1100, 64))
@@ -172,22 +172,32 @@ def test_gradients_still_flow_after_the_release(dtype: str) -> None:
     assert x.grad is not None and bool(torch.isfinite(x.grad).all())
 
 
+@pytest.mark.parametrize("native", [True, False])
 def test_fp16_layers_serving_many_tokens_keep_a_plain_copy_for_mkl(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
     """MKL beats fbgemm for many tokens, and unpacking per call would cost several times the
-    widening: a many-token call brings the plain copy back once, and it stays."""
+    widening: a many-token call brings the plain copy back once, and it stays (both the native
+    and the pure-torch fp16 kernels)."""
+    if not native:
+        monkeypatch.setattr(quantcore_native, "available", lambda: False)
+    elif not quantcore_native.available():
+        pytest.skip(f"native kernels are off: {quantcore_native.unavailable_reason()}")
     module, _ = _released("fp16")
     expected = _outputs(_quantized("fp16"))
     kernels = [module[index]._kernel for index in (0, 2)]
+    assert all(("native" in module[i].kernel_name) == native for i in (0, 2))
     with torch.no_grad():
         module(torch.randn(1100, 64))
-    assert all(k.weight is not None and k.serves_many_tokens for k in kernels)
+    plain = "plain" if native else "weight"
+    assert all(getattr(k, plain) is not None and k.serves_many_tokens for k in kernels)
 
     def no_unpack(packed: object) -> None:
         raise AssertionError("unpacked again")
 
     monkeypatch.setattr(torch.ops.quantized, "linear_unpack_fp16", no_unpack)
+    for kernel in kernels:
+        monkeypatch.setattr(kernel, "unpack", no_unpack, raising=False)
     for got, want in zip(_outputs(module), expected, strict=True):
         assert torch.equal(got, want)
     assert all(not k.release_plain_weight() for k in kernels)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import quantcore_native
 import torch
 import torch.nn.functional as F
 
 import quantcore
 from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
-from quantcore_fp16 import kernels_cpu, kernels_cuda
+from quantcore_fp16 import kernels_cpu, kernels_cuda, kernels_native
 from quantcore_fp16.kernels_conv import prepare_reference_conv
 from quantcore_fp16.kernels_embedding import (
     prepare_reference_embedding,
@@ -114,6 +115,33 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         supports=kernels_cuda.supports_cuda_linear,
         priority=200,
         description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
+    )
+    yield quantcore.KernelBackend(
+        name="fp16-linear-native",
+        op="linear",
+        weight_format=FORMAT,
+        prepare=kernels_native.prepare_native_linear,
+        is_available=quantcore_native.available,
+        supports=kernels_native.supports_native_fp16,
+        priority=40,
+        description=(
+            f"CPU: one native call per layer call (quantcore_native): fbgemm fp16-weight GEMM "
+            f"for float32 calls of up to {kernels_cpu.FBGEMM_FP16_MAX_TOKENS} tokens, widened "
+            f"weight + float GEMM otherwise"
+        ),
+    )
+    yield quantcore.KernelBackend(
+        name="fp16-recurrent-native",
+        op="recurrent",
+        weight_format=FORMAT,
+        prepare=kernels_native.prepare_native_recurrent,
+        is_available=quantcore_native.available,
+        supports=kernels_native.supports_native_recurrent,
+        priority=40,
+        description=(
+            "CPU: a whole LSTM/GRU/RNN sequence (every layer, direction and step) in one native "
+            "call over its fp16-linear-native pieces"
+        ),
     )
     yield quantcore.KernelBackend(
         name="fp16-linear-fbgemm+upcast",

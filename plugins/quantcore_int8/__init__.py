@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import quantcore_native
+
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
-from quantcore_int8 import kernels_cpu, kernels_cuda, kernels_native, native
+from quantcore_int8 import kernels_cpu, kernels_cuda, kernels_native
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
 from quantcore_int8.kernels_embedding import (
@@ -160,11 +162,11 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         op="linear",
         weight_format=FORMAT,
         prepare=kernels_native.prepare_native_linear,
-        is_available=native.available,
+        is_available=quantcore_native.available,
         supports=kernels_native.supports_native,
         priority=40,
         description=(
-            "CPU: one native op per call (quantcore's C++ extension): per-token quantization, "
+            "CPU: one native call per layer call (quantcore_native): per-token quantization, "
             "fbgemm int8 GEMM and the rescale epilogue"
         ),
     )
@@ -173,7 +175,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         op="recurrent",
         weight_format=FORMAT,
         prepare=kernels_native.prepare_native_recurrent,
-        is_available=native.available,
+        is_available=quantcore_native.available,
         supports=kernels_native.supports_native_recurrent,
         priority=40,
         description=(

@@ -1,5 +1,5 @@
 // A whole LSTM / GRU / RNN (all layers and directions) run in native code over its layers'
-// PackedLinear weights: the input projection of every time step in one GEMM, then the
+// packed linear weights (int8 or float16): the input projection of every time step in one GEMM, then the
 // recurrence step by step, with no Python between steps.
 #pragma once
 
@@ -11,18 +11,18 @@
 #include <tuple>
 #include <vector>
 
-#include "packed_linear.h"
+#include "native_linear.h"
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 
 enum class CellMode { kLstm, kGru, kRnnTanh, kRnnRelu };
 
-class PackedRecurrent {
+class Recurrent {
  public:
-  using Packed = std::shared_ptr<PackedLinear>;
+  using Packed = std::shared_ptr<NativeLinear>;
 
   // mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (torch's own names)
-  PackedRecurrent(const std::string& mode, int64_t hidden_size, int64_t num_layers,
+  Recurrent(const std::string& mode, int64_t hidden_size, int64_t num_layers,
                   bool bidirectional);
 
   // One call per layer and direction, in torch's order (l0, l0_reverse, l1, ...).
@@ -56,4 +56,4 @@ class PackedRecurrent {
   std::vector<Cell> cells_;
 };
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

@@ -1,7 +1,7 @@
 // The widest x86 vector extension this CPU has that the kernels use, detected once.
 #pragma once
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
@@ -17,4 +17,4 @@ inline Isa isa() {
   return chosen;
 }
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

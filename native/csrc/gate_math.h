@@ -4,9 +4,9 @@
 
 #include <cstdint>
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 
 void sigmoid_inplace(float* x, int64_t n);
 void tanh_inplace(float* x, int64_t n);
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <limits>
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 namespace {
 
 constexpr float kMinBound = 1e-30f;  // quantization.MIN_ACTIVATION_BOUND
@@ -244,4 +244,4 @@ void dequantize_row(const int32_t* acc, int64_t n, const RowParams& row, const i
   }
 }
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

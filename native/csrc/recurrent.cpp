@@ -1,6 +1,6 @@
 // The recurrent loops. Each step follows the arithmetic of quantcore_layers.recurrent._step
 // (torch's own cell equations), on buffers allocated once per call.
-#include "packed_recurrent.h"
+#include "recurrent.h"
 
 #include <c10/util/Exception.h>
 
@@ -9,7 +9,7 @@
 
 #include "gate_math.h"
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 namespace {
 
 CellMode parse_mode(const std::string& mode) {
@@ -17,7 +17,7 @@ CellMode parse_mode(const std::string& mode) {
   if (mode == "GRU") return CellMode::kGru;
   if (mode == "RNN_TANH") return CellMode::kRnnTanh;
   if (mode == "RNN_RELU") return CellMode::kRnnRelu;
-  TORCH_CHECK(false, "quantcore_int8: unknown recurrent mode ", mode);
+  TORCH_CHECK(false, "quantcore_native: unknown recurrent mode ", mode);
 }
 
 const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
@@ -65,14 +65,14 @@ void rnn_step(const float* gi, const float* gh, int64_t hidden, bool relu, float
 
 }  // namespace
 
-PackedRecurrent::PackedRecurrent(const std::string& mode, int64_t hidden_size, int64_t num_layers,
+Recurrent::Recurrent(const std::string& mode, int64_t hidden_size, int64_t num_layers,
                                  bool bidirectional)
     : mode_(parse_mode(mode)),
       hidden_(hidden_size),
       layers_(num_layers),
       directions_(bidirectional ? 2 : 1) {}
 
-int64_t PackedRecurrent::gates() const {
+int64_t Recurrent::gates() const {
   switch (mode_) {
     case CellMode::kLstm:
       return 4;
@@ -83,21 +83,21 @@ int64_t PackedRecurrent::gates() const {
   }
 }
 
-void PackedRecurrent::add_cell(Packed ih, Packed hh, const std::optional<at::Tensor>& bias_ih,
+void Recurrent::add_cell(Packed ih, Packed hh, const std::optional<at::Tensor>& bias_ih,
                                const std::optional<at::Tensor>& bias_hh) {
   TORCH_CHECK(ih->out_features() == gates() * hidden_ && hh->out_features() == gates() * hidden_,
-              "quantcore_int8: recurrent weights do not match the hidden size");
+              "quantcore_native: recurrent weights do not match the hidden size");
   cells_.push_back(Cell{std::move(ih), std::move(hh), Packed(), float_bias(bias_ih),
                         float_bias(bias_hh)});
 }
 
-void PackedRecurrent::add_projection(Packed hr) {
+void Recurrent::add_projection(Packed hr) {
   TORCH_CHECK(!cells_.empty() && mode_ == CellMode::kLstm && hr->in_features() == hidden_,
-              "quantcore_int8: a projection belongs to an LSTM cell");
+              "quantcore_native: a projection belongs to an LSTM cell");
   cells_.back().hr = std::move(hr);
 }
 
-void PackedRecurrent::run_direction(const Cell& cell, int direction, const at::Tensor& input,
+void Recurrent::run_direction(const Cell& cell, int direction, const at::Tensor& input,
                                     const int64_t* lengths, at::Tensor& h, at::Tensor& c,
                                     at::Tensor& output) const {
   const int64_t steps = input.size(0), batch = input.size(1), width = gates() * hidden_;
@@ -140,13 +140,13 @@ void PackedRecurrent::run_direction(const Cell& cell, int direction, const at::T
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> PackedRecurrent::forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Recurrent::forward(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& lengths) const {
   TORCH_CHECK(static_cast<int64_t>(cells_.size()) == layers_ * directions_,
-              "quantcore_int8: the recurrent layer is missing cells");
+              "quantcore_native: the recurrent layer is missing cells");
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "quantcore_int8: recurrent input must be float32 [steps, batch, features] on the CPU");
+              "quantcore_native: recurrent input must be float32 [steps, batch, features] on the CPU");
   const bool lstm = mode_ == CellMode::kLstm;
   at::Tensor h_n = h0.to(at::kFloat).contiguous().clone();
   at::Tensor c_n = lstm ? c0.to(at::kFloat).contiguous().clone() : c0;  // unused outside LSTM
@@ -168,4 +168,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> PackedRecurrent::forward(
   return {layer_input, h_n, c_n};
 }
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

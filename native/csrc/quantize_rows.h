@@ -1,5 +1,5 @@
 // Per-token (per-row) activation quantization, written to give the same integers as
-// quantcore_int8.quantization.quantize_activation: float32 arithmetic in the same order, true
+// quantcore_native.quantization.quantize_activation: float32 arithmetic in the same order, true
 // division, round half to even (std::nearbyint under the default rounding mode).
 //
 // The loops are compiled for AVX512, AVX2 and baseline x86-64 (GCC target_clones picks one at load
@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 
 // How one row was quantized: the GEMM input is u = q - offset_base in [0, 255], and
 // sum_k (q_k - zero_point) w_k = sum_k u_k w_k - zero * sum_k w_k.
@@ -35,4 +35,4 @@ void dequantize_row(
     const float* bias,
     float* y);
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

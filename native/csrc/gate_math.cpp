@@ -15,7 +15,7 @@ __attribute__((target("avx2,fma"))) __m256 Sleef_expf8_u10avx2(__m256);
 __attribute__((target("avx2,fma"))) __m256 Sleef_tanhf8_u10avx2(__m256);
 }
 
-namespace quantcore_int8 {
+namespace quantcore_native {
 namespace {
 
 void sigmoid_scalar(float* x, int64_t start, int64_t n) {
@@ -82,4 +82,4 @@ void tanh_inplace(float* x, int64_t n) {
   }
 }
 
-}  // namespace quantcore_int8
+}  // namespace quantcore_native

@@ -1,0 +1,79 @@
+"""Native float16-weight kernels for x86 CPUs (quantcore_native): fbgemm's fp16 GEMM (float32
+activations, float16 weights widened in registers, float32 sums) in one C++ call per layer call,
+and whole LSTM/GRU/RNN sequences over such layers in one call.
+
+Calls of many tokens (more than ``FBGEMM_FP16_MAX_TOKENS``) widen the weight and run torch's
+float32 GEMM instead, as the pure-torch kernel does: there the one-off widening is cheap next to
+the GEMM, and MKL's float32 GEMM is the faster one. Inputs in other dtypes (bfloat16, ...) run in
+their own dtype, also as the pure-torch kernel does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
+
+from quantcore import KernelRequest
+from quantcore_fp16.kernels_cpu import FBGEMM_FP16_MAX_TOKENS
+
+if TYPE_CHECKING:
+    from quantcore_native import _C
+
+
+class NativeFp16Linear(LinearKernel):
+    """One layer's prepared native fp16 linear."""
+
+    def __init__(self, request: KernelRequest) -> None:
+        super().__init__(request)
+        self.serves_many_tokens = False  # then the plain copy stays, for torch's GEMM
+
+    def make_packed(self, plain: torch.Tensor) -> _C.NativeLinear:
+        packed: _C.Fp16Linear = self.native.Fp16Linear(plain)
+        return packed
+
+    def unpack(self, packed: _C.NativeLinear) -> torch.Tensor:
+        assert isinstance(packed, self.native.Fp16Linear)
+        plain: torch.Tensor = packed.unpack()
+        return plain
+
+    def release_plain_weight(self) -> bool:
+        return not self.serves_many_tokens and super().release_plain_weight()
+
+    def differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.plain_data().to(x.dtype), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return self.differentiable(x)
+        if x.numel() > FBGEMM_FP16_MAX_TOKENS * self.in_features:
+            if not self.serves_many_tokens:  # the plain copy comes back (from the pack), once
+                self.serves_many_tokens = True
+                self.plain = self.plain_data()
+            return self.differentiable(x)
+        return super().__call__(x)
+
+
+def supports_native_fp16(request: KernelRequest) -> bool:
+    data = request.weight.data
+    return (
+        request.device.type == "cpu"
+        and request.weight.format == "fp16"
+        and data.dtype == torch.float16
+        and data.dim() == 2
+    )
+
+
+def prepare_native_linear(request: KernelRequest) -> NativeFp16Linear:
+    return NativeFp16Linear(request)
+
+
+def supports_native_recurrent(request: KernelRequest) -> bool:
+    return supports_recurrent(request, NativeFp16Linear)
+
+
+def prepare_native_recurrent(request: KernelRequest) -> RecurrentKernel:
+    return RecurrentKernel(request)
