@@ -1,12 +1,17 @@
-// The int8 linear in one native call: per-token quantization of the activations, fbgemm's
-// u8 x s8 GEMM with int32 accumulation, and the rescale/zero-point/bias epilogue written over the
-// int32 results in place (the output tensor is the GEMM's accumulator, so no extra buffer).
+// The int8 linear in one native call: per-token quantization of the activations, an u8 x s8 GEMM
+// with exact int32 sums, and the rescale/zero-point/bias epilogue.
+//
+// Few tokens: fbgemm writes its int32 sums into the output tensor's memory and the epilogue turns
+// them into floats in place (no extra buffer). Many tokens: oneDNN's GEMM (faster there), which
+// applies the weight scales itself and takes one zero point per call; the epilogue corrects each
+// token by the difference to its own zero point.
 #include "int8_linear.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
-#include <vector>
+#include <cmath>
 
 #include "quantize_rows.h"
 
@@ -16,13 +21,25 @@ namespace {
 // Rows quantized or rescaled per parallel task: enough work to pay for a task.
 int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
 
+// Looked up on first use: a torch build without oneDNN never asks (onednn_min_tokens == 0).
+c10::OperatorHandle onednn_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
 }  // namespace
+
+struct Int8Linear::Rows {
+  std::vector<uint8_t> u;
+  std::vector<RowParams> params;
+};
 
 bool cpu_supported() { return fbgemm::fbgemmSupportedCPU(); }
 
 Int8Linear::Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64_t bits,
-                       bool symmetric)
-    : NativeLinear(weight.size(0), weight.size(1)), symmetric_(symmetric) {
+                       bool symmetric, int64_t onednn_min_tokens)
+    : NativeLinear(weight.size(0), weight.size(1)),
+      symmetric_(symmetric),
+      onednn_min_tokens_(onednn_min_tokens) {
   TORCH_CHECK(cpu_supported(), "quantcore_native: fbgemm does not support this CPU");
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.device().is_cpu(),
               "quantcore_native: the weight must be a 2-D int8 CPU tensor");
@@ -37,25 +54,42 @@ Int8Linear::Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64
       fbgemm::matrix_op_t::Transpose, in_, out_, w.data_ptr<int8_t>(), in_, nullptr, 1);
   scales_ = scales.contiguous().clone();
   colsum_ = w.sum({1}, false, at::kInt).contiguous();
+  weight_sums_ = (colsum_.to(at::kDouble) * scales_.to(at::kDouble)).to(at::kFloat).contiguous();
+  weight_zeros_ = at::zeros({out_}, at::kLong);
+}
+
+Int8Linear::Rows Int8Linear::quantize(const float* x, int64_t tokens) const {
+  Rows rows{std::vector<uint8_t>(static_cast<size_t>(tokens * in_)),
+            std::vector<RowParams>(static_cast<size_t>(tokens))};
+  uint8_t* u = rows.u.data();
+  at::parallel_for(0, tokens, row_grain(in_), [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      rows.params[m] = symmetric_
+                           ? quantize_row_symmetric(x + m * in_, in_, qmax_, u + m * in_)
+                           : quantize_row_asymmetric(x + m * in_, in_, steps_, u + m * in_);
+    }
+  });
+  return rows;
 }
 
 void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y) const {
   if (tokens == 0) return;
-  std::vector<uint8_t> u(static_cast<size_t>(tokens * in_));
-  std::vector<RowParams> rows(static_cast<size_t>(tokens));
-  at::parallel_for(0, tokens, row_grain(in_), [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      rows[m] = symmetric_ ? quantize_row_symmetric(x + m * in_, in_, qmax_, u.data() + m * in_)
-                           : quantize_row_asymmetric(x + m * in_, in_, steps_, u.data() + m * in_);
-    }
-  });
+  const Rows rows = quantize(x, tokens);
+  if (onednn_min_tokens_ > 0 && tokens >= onednn_min_tokens_) {
+    run_onednn(rows, tokens, bias, y);
+  } else {
+    run_fbgemm(rows, tokens, bias, y);
+  }
+}
+
+void Int8Linear::run_fbgemm(const Rows& rows, int64_t tokens, const float* bias, float* y) const {
   // fbgemm writes int32 sums into y's memory; the epilogue turns them into floats in place.
   auto* acc = reinterpret_cast<int32_t*>(y);
   const int threads = at::get_num_threads();
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       fbgemm::PackAMatrix<uint8_t> packed_a(fbgemm::matrix_op_t::NoTranspose, tokens, in_,
-                                            u.data(), in_, nullptr, 1);
+                                            rows.u.data(), in_, nullptr, 1);
       fbgemm::DoNothing<int32_t, int32_t> done;
       fbgemm::memCopy<> copy(done);
       fbgemm::fbgemmPacked(packed_a, *packed_, acc, acc, out_, copy, task, threads);
@@ -65,7 +99,40 @@ void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y
   const int32_t* colsum = colsum_.data_ptr<int32_t>();
   at::parallel_for(0, tokens, row_grain(out_), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
-      dequantize_row(acc + m * out_, out_, rows[m], colsum, wscale, bias, y + m * out_);
+      dequantize_row(acc + m * out_, out_, rows.params[m], colsum, wscale, bias, y + m * out_);
+    }
+  });
+}
+
+void Int8Linear::run_onednn(const Rows& rows, int64_t tokens, const float* bias, float* y) const {
+  std::call_once(onednn_once_, [this] {
+    torch::jit::Stack stack{unpack(), c10::IValue()};
+    static const c10::OperatorHandle prepack = onednn_op("onednn::qlinear_prepack");
+    prepack.callBoxed(stack);
+    onednn_weight_ = stack[0].toTensor();
+  });
+  // One zero point for the whole call, near the tokens' own: what each token then corrects by
+  // (its zero minus this one, times the weight sums) stays small, so the float correction of
+  // oneDNN's scaled output keeps its precision.
+  int64_t total = 0, finite = 0;
+  for (const RowParams& row : rows.params) {
+    if (std::isfinite(row.scale)) total += row.zero, ++finite;
+  }
+  const int32_t zero = finite ? static_cast<int32_t>((total + finite / 2) / finite) : 0;
+  at::Tensor u = at::from_blob(const_cast<uint8_t*>(rows.u.data()), {tokens, in_}, at::kByte);
+  torch::jit::Stack stack{u,         1.0,           static_cast<int64_t>(zero), onednn_weight_,
+                          scales_,   weight_zeros_, c10::IValue(),              1.0,
+                          int64_t{0}, at::kFloat,   std::string("none"),
+                          c10::List<std::optional<at::Scalar>>(),               std::string()};
+  static const c10::OperatorHandle gemm = onednn_op("onednn::qlinear_pointwise");
+  gemm.callBoxed(stack);
+  const at::Tensor scaled = stack[0].toTensor().contiguous();
+  const float* s = scaled.data_ptr<float>();
+  const float* sums = weight_sums_.data_ptr<float>();
+  at::parallel_for(0, tokens, row_grain(out_), [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const RowParams& row = rows.params[m];
+      dequantize_scaled_row(s + m * out_, out_, row, row.zero - zero, sums, bias, y + m * out_);
     }
   });
 }

@@ -13,9 +13,16 @@ class NativeLinear:
 
 class Int8Linear(NativeLinear):
     def __init__(
-        self, weight: torch.Tensor, scales: torch.Tensor, bits: int, symmetric: bool
+        self,
+        weight: torch.Tensor,
+        scales: torch.Tensor,
+        bits: int,
+        symmetric: bool,
+        onednn_min_tokens: int,
     ) -> None: ...
     def unpack(self) -> torch.Tensor: ...
+    @property
+    def has_onednn_copy(self) -> bool: ...
 
 class Fp16Linear(NativeLinear):
     def __init__(self, weight: torch.Tensor) -> None: ...

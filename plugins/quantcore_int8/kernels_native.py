@@ -19,11 +19,22 @@ import torch.nn.functional as F
 from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
 
 from quantcore import KernelRequest
-from quantcore_int8.kernels_cpu import activation_bits, channel_scales, supports_per_token
+from quantcore_int8.kernels_cpu import (
+    activation_bits,
+    channel_scales,
+    onednn_available,
+    onednn_int8_exact,
+    supports_per_token,
+)
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 
 if TYPE_CHECKING:
     from quantcore_native import _C
+
+# Calls of at least this many tokens run oneDNN's GEMM (its second packed copy made on the first
+# such call); fewer run fbgemm's. Measured on all-MiniLM-L6-v2's and a 1B decoder's layers, see
+# docs/benchmarks.md.
+ONEDNN_MIN_TOKENS = 256
 
 
 @functools.cache
@@ -34,7 +45,8 @@ def native_int8_exact() -> bool:
         return False
     native = quantcore_native.extension()
     k = 64
-    packed = native.Int8Linear(torch.full((4, k), 127, dtype=torch.int8), torch.ones(4), 8, False)
+    weight = torch.full((4, k), 127, dtype=torch.int8)
+    packed = native.Int8Linear(weight, torch.ones(4), 8, False, 0)
     # every input 1.0: scale 1/255, each token quantizes to 255 (the largest u8)
     y = native.linear(torch.ones(2, k), packed, None)
     return abs(float(y[0, 0]) - 127 * k) < 1e-3 * 127 * k
@@ -55,10 +67,13 @@ class NativeInt8Linear(LinearKernel):
         self.scales = scales
         self.activation = request.activation
         self.bits = activation_bits(request.activation, request.device)
+        # oneDNN runs the many-token calls where it computes these activations exactly too
+        exact = self.bits < 8 or onednn_int8_exact()
+        self.onednn_min_tokens = ONEDNN_MIN_TOKENS if onednn_available() and exact else 0
 
     def make_packed(self, plain: torch.Tensor) -> _C.NativeLinear:
         packed: _C.Int8Linear = self.native.Int8Linear(
-            plain, self.scales, self.bits, self.activation.symmetric
+            plain, self.scales, self.bits, self.activation.symmetric, self.onednn_min_tokens
         )
         return packed
 
