@@ -71,7 +71,6 @@ from quantcore.plugin_manager import (
     PluginCandidate,
     PluginInfo,
     QuantcorePluginManager,
-    Registry,
     create_plugin_manager,
     discover_plugins,
 )
@@ -84,6 +83,7 @@ from quantcore.registrations import (
     LayerMapper,
     Observer,
     PackedWeightKernel,
+    Registry,
     Scheme,
     StateDictShard,
 )

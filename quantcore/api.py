@@ -38,10 +38,9 @@ from quantcore.orchestrate import (
 from quantcore.plugin_manager import (
     PluginInfo,
     QuantcorePluginManager,
-    Registry,
     create_plugin_manager,
 )
-from quantcore.registrations import AdaptedInput, Scheme
+from quantcore.registrations import AdaptedInput, Registry, Scheme
 from quantcore.report import LayerReport, QuantizationReport
 
 logger = logging.getLogger("quantcore")

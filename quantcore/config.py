@@ -46,7 +46,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 if TYPE_CHECKING:
-    from quantcore.plugin_manager import Registry
+    from quantcore.registrations import Registry
 
 CONFIG_ENV_VAR = "QUANTCORE_CONFIG"
 PYPROJECT_TABLE = "tool.quantcore"

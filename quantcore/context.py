@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quantcore.errors import LayerSkipped
-from quantcore.plugin_manager import Registry
-from quantcore.registrations import KernelBackend, Scheme
+from quantcore.registrations import KernelBackend, Registry, Scheme
 from quantcore.specs import LayerSpec, QuantizedWeight, WeightSpec
 
 

@@ -24,8 +24,7 @@ from quantcore.config import Override, apply_overrides, decide_layer, first_matc
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import LayerQuantizationError, LayerSkipped
 from quantcore.manifest import LayerRecord, WeightRecord
-from quantcore.plugin_manager import Registry
-from quantcore.registrations import LayerMapper, Scheme
+from quantcore.registrations import LayerMapper, Registry, Scheme
 from quantcore.report import LayerReport, LayerStatus
 from quantcore.specs import LayerSpec
 

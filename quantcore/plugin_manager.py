@@ -8,27 +8,25 @@ return). No state lives at module level: every manager is built fresh by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import importlib_metadata
 import pluggy
 
 from quantcore import hookspecs
+from quantcore.collection import collect
 from quantcore.errors import (
     InvalidRegistrationError,
-    PluginConflictError,
     PluginLoadError,
     PluginLoadWarning,
-    UnknownObserverError,
-    UnknownSchemeError,
 )
-from quantcore.registrations import InputAdapter, KernelBackend, LayerMapper, Observer, Scheme
+from quantcore.registrations import Registry
 
 logger = logging.getLogger("quantcore")
 
@@ -107,45 +105,6 @@ class _Origin:
     distribution: str
     version: str
     first_party: bool
-
-
-@dataclass(frozen=True)
-class Registry:
-    """Everything the loaded plugins provide, validated, with who provided it."""
-
-    schemes: Mapping[str, Scheme]
-    observers: Mapping[str, Observer]
-    layer_mappers: tuple[LayerMapper, ...]
-    input_adapters: tuple[InputAdapter, ...]
-    kernel_backends: tuple[KernelBackend, ...]
-    providers: Mapping[tuple[str, str], str]
-
-    def provider(self, kind: str, name: str) -> str:
-        return self.providers.get((kind, name), "<unknown>")
-
-    def scheme(self, name: str) -> Scheme:
-        key = name.strip().lower()
-        for scheme in self.schemes.values():
-            if key == scheme.name.lower() or key in (a.lower() for a in scheme.aliases):
-                return scheme
-        raise UnknownSchemeError(
-            name,
-            {n: self.provider("scheme", n) for n in self.schemes},
-            {n: s.aliases for n, s in self.schemes.items()},
-        )
-
-    def observer(self, name: str) -> Observer:
-        try:
-            return self.observers[name]
-        except KeyError:
-            raise UnknownObserverError(name, self.observers) from None
-
-    def kernel_candidates(self, op: str, weight_format: str) -> tuple[KernelBackend, ...]:
-        """Backends for (op, format), preferred first; the reference backend always last."""
-        matching = [
-            b for b in self.kernel_backends if b.op == op and b.weight_format == weight_format
-        ]
-        return tuple(sorted(matching, key=lambda b: (b.reference, -b.priority, b.name)))
 
 
 class QuantcorePluginManager(pluggy.PluginManager):
@@ -232,81 +191,16 @@ class QuantcorePluginManager(pluggy.PluginManager):
 
     # -- collection ----------------------------------------------------------------------------
     def registry(self) -> Registry:
-        """Call every hook implementation and validate what it returns."""
-        collected: dict[str, list[tuple[str, Any]]] = {hook: [] for hook in hookspecs.HOOKS}
-        provides: dict[str, dict[str, list[str]]] = {}
-        for hook_name, (kind, expected) in hookspecs.HOOKS.items():
-            caller = getattr(self.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                plugin_name = impl.plugin_name
-                items = self._call_impl(plugin_name, hook_name, impl)
-                if items is None:
-                    continue
-                for item in items:
-                    if not isinstance(item, expected):
-                        self._bad_registration(
-                            plugin_name,
-                            f"hook {hook_name} yielded {type(item).__name__}, "
-                            f"expected quantcore.{expected.__name__}",
-                        )
-                        continue
-                    collected[hook_name].append((plugin_name, item))
-                    name: str = cast(Any, item).name
-                    provides.setdefault(plugin_name, {}).setdefault(kind, []).append(name)
-        for name, kinds in provides.items():
-            info = self._infos.get(name)
-            if info is not None and info.status == "loaded":
-                self._infos[name] = PluginInfo(
-                    info.name,
-                    info.distribution,
-                    info.version,
-                    info.first_party,
-                    info.status,
-                    provides={k: tuple(v) for k, v in kinds.items()},
-                )
-        providers: dict[tuple[str, str], str] = {}
+        """Call every hook implementation, validate what it returns, and detect conflicts."""
+        return collect(self.hook, self)
 
-        def unique(hook_name: str) -> dict[str, Any]:
-            kind = hookspecs.HOOKS[hook_name][0]
-            result: dict[str, Any] = {}
-            for plugin_name, item in collected[hook_name]:
-                key = (kind, item.name)
-                if key in providers:
-                    raise PluginConflictError(
-                        kind, item.name, self._describe(providers[key]), self._describe(plugin_name)
-                    )
-                providers[key] = plugin_name
-                result[item.name] = item
-            return result
-
-        schemes = unique("quantcore_schemes")
-        observers = unique("quantcore_observers")
-        mappers = unique("quantcore_layer_mappers")
-        adapters = unique("quantcore_input_adapters")
-        backends = unique("quantcore_kernel_backends")
-        return Registry(
-            schemes=MappingProxyType(schemes),
-            observers=MappingProxyType(observers),
-            layer_mappers=tuple(sorted(mappers.values(), key=lambda m: (-m.priority, m.name))),
-            input_adapters=tuple(sorted(adapters.values(), key=lambda a: (-a.priority, a.name))),
-            kernel_backends=tuple(backends.values()),
-            providers=MappingProxyType(
-                {key: self._describe(name) for key, name in providers.items()}
-            ),
+    def hook_failed(self, plugin_name: str, hook_name: str, exc: Exception) -> None:
+        origin = self._origins.get(plugin_name, _Origin(LOCAL_DISTRIBUTION, "", False))
+        self._report_failure(
+            plugin_name, origin, f"hook {hook_name} raised {type(exc).__name__}: {exc}"
         )
 
-    def _call_impl(self, plugin_name: str, hook_name: str, impl: Any) -> Sequence[Any] | None:
-        try:
-            result = impl.function()
-            return list(result) if result is not None else []
-        except Exception as exc:
-            origin = self._origins.get(plugin_name, _Origin(LOCAL_DISTRIBUTION, "", False))
-            self._report_failure(
-                plugin_name, origin, f"hook {hook_name} raised {type(exc).__name__}: {exc}"
-            )
-            return None
-
-    def _bad_registration(self, plugin_name: str, message: str) -> None:
+    def bad_registration(self, plugin_name: str, message: str) -> None:
         origin = self._origins.get(plugin_name, _Origin(LOCAL_DISTRIBUTION, "", False))
         text = f"plugin {plugin_name!r} from distribution {origin.distribution!r}: {message}"
         if origin.first_party or self.strict:
@@ -314,7 +208,7 @@ class QuantcorePluginManager(pluggy.PluginManager):
         warnings.warn(text + "; the item was skipped", PluginLoadWarning, stacklevel=4)
         logger.warning("%s; the item was skipped", text)
 
-    def _describe(self, plugin_name: str) -> str:
+    def describe(self, plugin_name: str) -> str:
         origin = self._origins.get(plugin_name)
         dist = origin.distribution if origin else LOCAL_DISTRIBUTION
         return f"plugin {plugin_name!r} (distribution {dist!r})"
@@ -322,11 +216,18 @@ class QuantcorePluginManager(pluggy.PluginManager):
     # -- listing -------------------------------------------------------------------------------
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin seen: loaded, disabled and failed, with what the loaded ones provide."""
+        provided: Mapping[str, Mapping[str, tuple[str, ...]]] = {}
         try:
-            self.registry()  # fills in what each plugin provides
+            provided = self.registry().provided
         except Exception as exc:  # listing must still work when collection fails
             logger.warning("collecting plugin registrations failed: %s", exc)
-        return sorted(self._infos.values(), key=lambda i: (not i.first_party, i.name))
+        infos = [
+            dataclasses.replace(info, provides=dict(provided.get(info.name, {})))
+            if info.status == "loaded"
+            else info
+            for info in self._infos.values()
+        ]
+        return sorted(infos, key=lambda i: (not i.first_party, i.name))
 
 
 def create_plugin_manager(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from quantcore.errors import UnknownObserverError, UnknownSchemeError
 from quantcore.specs import (
     ActivationSpec,
     Granularity,
@@ -271,10 +272,45 @@ class KernelBackend:
         _check_name("kernel op", self.op)
 
 
-REGISTRATION_TYPES: dict[str, type] = {
-    "scheme": Scheme,
-    "observer": Observer,
-    "layer mapper": LayerMapper,
-    "input adapter": InputAdapter,
-    "kernel backend": KernelBackend,
-}
+@dataclass(frozen=True)
+class Registry:
+    """Everything the loaded plugins provide, validated, with who provided it.
+
+    ``providers`` maps (kind, name) to a description of the plugin that registered it;
+    ``provided`` maps a plugin's name to what it registered (kind -> names).
+    """
+
+    schemes: Mapping[str, Scheme]
+    observers: Mapping[str, Observer]
+    layer_mappers: tuple[LayerMapper, ...]
+    input_adapters: tuple[InputAdapter, ...]
+    kernel_backends: tuple[KernelBackend, ...]
+    providers: Mapping[tuple[str, str], str]
+    provided: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def provider(self, kind: str, name: str) -> str:
+        return self.providers.get((kind, name), "<unknown>")
+
+    def scheme(self, name: str) -> Scheme:
+        key = name.strip().lower()
+        for scheme in self.schemes.values():
+            if key == scheme.name.lower() or key in (a.lower() for a in scheme.aliases):
+                return scheme
+        raise UnknownSchemeError(
+            name,
+            {n: self.provider("scheme", n) for n in self.schemes},
+            {n: s.aliases for n, s in self.schemes.items()},
+        )
+
+    def observer(self, name: str) -> Observer:
+        try:
+            return self.observers[name]
+        except KeyError:
+            raise UnknownObserverError(name, self.observers) from None
+
+    def kernel_candidates(self, op: str, weight_format: str) -> tuple[KernelBackend, ...]:
+        """Backends for (op, format), preferred first; the reference backend always last."""
+        matching = [
+            b for b in self.kernel_backends if b.op == op and b.weight_format == weight_format
+        ]
+        return tuple(sorted(matching, key=lambda b: (b.reference, -b.priority, b.name)))
