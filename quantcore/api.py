@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,8 +47,6 @@ from quantcore.report import LayerReport, QuantizationReport
 logger = logging.getLogger("quantcore")
 
 Output = Literal["result", "module", "state_dict"]
-
-_TORCH_DTYPE_NAMES = {torch.int8: "int8", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,7 @@ def resolve_settings(
     ``accuracy``: the accuracy settings (``max_error``, ``error_metric``, ``fallback``,
     ``smooth``, ``smooth_alpha``), None where not given."""
     if isinstance(dtype, torch.dtype):
-        dtype = _TORCH_DTYPE_NAMES.get(dtype, str(dtype))
+        dtype = str(dtype)  # "torch.qint8": the schemes declare which torch dtypes select them
     if dtype is not None and not isinstance(dtype, str):
         raise TypeError(f"dtype must be a scheme name such as 'int8' or 'fp16', not {dtype!r}")
     parameters = {
@@ -482,13 +481,16 @@ def prepare_job(
     registry = manager.registry()
     try:
         validate_names(config, registry)
-        scheme = registry.scheme(config.dtype)
+        scheme = registry.scheme(config.dtype) if config.dtype else registry.default_scheme()
     except UnknownSchemeError as exc:
         hint = _unloaded_plugins_hint(manager)
         if not hint:
             raise
-        raise UnknownSchemeError(exc.name, exc.available, exc.aliases, hint) from None
+        hints = ". ".join(h for h in (exc.hint, hint) if h)
+        raise UnknownSchemeError(exc.name, exc.available, exc.aliases, hints) from None
     adapted = adapt_input(obj, registry)
+    if config.dtype is None:  # the plugins' default: the report and `config show` name it
+        config = dataclasses.replace(config, dtype=scheme.name)
     return QuantizationJob(manager, registry, scheme, adapted, config)
 
 

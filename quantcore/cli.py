@@ -23,7 +23,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        print(run_demo(tuple(args.dtype) if args.dtype else ("int8", "fp16")))
+        print(run_demo(tuple(args.dtype) if args.dtype else None))
     finally:
         logger.setLevel(level)
     return EXIT_OK
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="quantize an embedded default model and print the report")
     demo.add_argument(
-        "--dtype", action="append", help="scheme to run (repeatable; default int8 and fp16)"
+        "--dtype", action="append", help="scheme to run (repeatable; default: every loaded scheme)"
     )
     demo.set_defaults(func=_cmd_demo)
 

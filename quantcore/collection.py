@@ -8,7 +8,7 @@ whether it is an error (first-party plugins, strict mode) or a warning and a ski
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ import pluggy
 
 from quantcore import hookspecs
 from quantcore.errors import PluginConflictError
-from quantcore.registrations import Registry
+from quantcore.registrations import KernelBackend, Registry, Scheme
 
 
 class Problems(Protocol):
@@ -96,12 +96,84 @@ def _unique(collected: _Collected, hook_name: str, problems: Problems) -> dict[s
     return result
 
 
+def _check_scheme_names(schemes: Mapping[str, Scheme], provider: Callable[[str], str]) -> None:
+    """A scheme's name, aliases and torch dtypes select it, so they share one namespace across
+    schemes (case-insensitive): a third party's alias may not shadow a built-in's. One default."""
+    owner: dict[str, Scheme] = {}
+    default: Scheme | None = None
+    for scheme in schemes.values():
+        for word in scheme.names():
+            other = owner.setdefault(word, scheme)
+            if other is not scheme:
+                raise PluginConflictError(
+                    "scheme name, alias or torch dtype",
+                    word,
+                    f"{provider(other.name)} (scheme {other.name!r})",
+                    f"{provider(scheme.name)} (scheme {scheme.name!r})",
+                )
+        if scheme.default and default is not None:
+            raise PluginConflictError(
+                "default scheme",
+                scheme.name,
+                f"{provider(default.name)} (scheme {default.name!r})",
+                f"{provider(scheme.name)} (scheme {scheme.name!r})",
+                claim="two schemes are marked default=True",
+            )
+        default = scheme if scheme.default else default
+
+
+def _with_references(
+    backends: dict[str, KernelBackend], collected: _Collected, problems: Problems
+) -> dict[str, KernelBackend]:
+    """Exactly one reference backend per (op, format): the oracle every other one is tested
+    against, and what runs when nothing faster does. Backends of a pair without one are
+    refused (skipped with a warning for a third party), unless they all say the op's layers
+    compute it themselves (``layer_reference``)."""
+    plugin = {name: collected.providers[("kernel backend", name)] for name in backends}
+    groups: dict[tuple[str, str], list[KernelBackend]] = {}
+    for backend in backends.values():
+        groups.setdefault((backend.op, backend.weight_format), []).append(backend)
+    kept = dict(backends)
+    for (op, fmt), members in groups.items():
+        references = [b for b in members if b.reference]
+        if not references and all(b.layer_reference for b in members):
+            continue  # the layers compute this op themselves: that code is the reference
+        if len(references) > 1:
+            first, second = references[:2]
+            raise PluginConflictError(
+                "reference kernel backend",
+                f"{op} on {fmt}",
+                f"{problems.describe(plugin[first.name])} ({first.name!r})",
+                f"{problems.describe(plugin[second.name])} ({second.name!r})",
+                claim=f"op {op!r} on {fmt!r} weights has two reference=True backends",
+            )
+        if references:
+            continue
+        for backend in members:
+            problems.bad_registration(
+                plugin[backend.name],
+                f"kernel backend {backend.name!r} serves op {op!r} on {fmt!r} weights, which no "
+                "reference=True backend serves; register exactly one reference backend per "
+                "(op, format) (the always-available oracle the others are tested against)",
+            )
+            del kept[backend.name]
+            del collected.providers[("kernel backend", backend.name)]
+    hook = "quantcore_kernel_backends"
+    collected.items[hook] = [(p, b) for p, b in collected.items[hook] if b.name in kept]
+    return kept
+
+
 def _registry(collected: _Collected, problems: Problems) -> Registry:
     schemes = _unique(collected, "quantcore_schemes", problems)
+    _check_scheme_names(
+        schemes, lambda name: problems.describe(collected.providers[("scheme", name)])
+    )
     observers = _unique(collected, "quantcore_observers", problems)
     mappers = _unique(collected, "quantcore_layer_mappers", problems)
     adapters = _unique(collected, "quantcore_input_adapters", problems)
-    backends = _unique(collected, "quantcore_kernel_backends", problems)
+    backends = _with_references(
+        _unique(collected, "quantcore_kernel_backends", problems), collected, problems
+    )
     return Registry(
         schemes=MappingProxyType(schemes),
         observers=MappingProxyType(observers),

@@ -164,7 +164,7 @@ ConfigInput = Union[str, "os.PathLike[str]", Mapping[str, Any], "QuantizeConfig"
 class QuantizeConfig:
     """The effective settings of one quantize() call; ``sources`` says where each came from."""
 
-    dtype: str = "int8"
+    dtype: str | None = None  # None: the scheme the loaded plugins mark as default
     include: tuple[str, ...] = ()  # empty: every layer
     exclude: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()
@@ -242,6 +242,8 @@ def _display(config: QuantizeConfig, key: str) -> str:
     value = getattr(config, key)
     if key == "include" and not value:
         return "(every layer)"
+    if key == "dtype" and value is None:
+        return "(the plugins' default scheme)"
     if key == "log_level" and value is None:
         return "(logger unchanged)"
     if key == "overrides":
@@ -721,7 +723,10 @@ def effective_config(
 
     resolved = resolve_config(config, parameters=parameters)
     manager = create_plugin_manager(disable=resolved.disable_plugins, strict=resolved.strict)
-    validate_names(resolved, manager.registry())
+    registry = manager.registry()
+    validate_names(resolved, registry)
+    if resolved.dtype is None:
+        resolved = replace(resolved, dtype=registry.default_scheme().name)
     return resolved
 
 
@@ -735,7 +740,8 @@ def validate_names(config: QuantizeConfig, registry: Registry) -> None:
     :class:`UnknownSchemeError`; a name from a file raises :class:`ConfigValueError` naming the
     file and key.
     """
-    _check_scheme(config.dtype, config.source("dtype"), "dtype", registry)
+    if config.dtype is not None:
+        _check_scheme(config.dtype, config.source("dtype"), "dtype", registry)
     if config.fallback is not None:
         _check_scheme(config.fallback, config.source("fallback"), "fallback", registry)
     for o in config.overrides:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from quantcore.api import quantize
-from quantcore.plugin_manager import QuantcorePluginManager
+from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
 
 
 class ScaledResidual(nn.Module):
@@ -77,10 +77,19 @@ def build_demo_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     return model, tokens
 
 
+def _loaded_schemes(plugin_manager: QuantcorePluginManager | None) -> tuple[str, ...]:
+    """Every loaded scheme, the default one first."""
+    schemes = (plugin_manager or create_plugin_manager()).registry().schemes.values()
+    return tuple(s.name for s in sorted(schemes, key=lambda s: (not s.default, s.name)))
+
+
 def run_demo(
-    dtypes: tuple[str, ...] = ("int8", "fp16"), plugin_manager: QuantcorePluginManager | None = None
+    dtypes: tuple[str, ...] | None = None, plugin_manager: QuantcorePluginManager | None = None
 ) -> str:
-    """Quantize the default model with each scheme; return the text the CLI prints."""
+    """Quantize the default model with each scheme (default: every loaded one); return the text
+    the CLI prints."""
+    if dtypes is None:
+        dtypes = _loaded_schemes(plugin_manager)
     model, tokens = build_demo_model()
     with torch.inference_mode():
         reference = model(tokens)

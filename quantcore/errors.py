@@ -43,14 +43,19 @@ class InvalidRegistrationError(PluginError):
 
 
 class PluginConflictError(PluginError):
-    """Two plugins registered the same name for the same extension point."""
+    """Two plugins registered the same name for the same extension point (a scheme's aliases and
+    torch dtypes count as its names), or claimed what only one may have (the default scheme, the
+    reference kernel backend of an op and format)."""
 
-    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+    def __init__(
+        self, kind: str, name: str, first: str, second: str, *, claim: str | None = None
+    ) -> None:
         self.kind = kind
         self.name = name
         self.providers = (first, second)
+        what = claim or f"{kind} {name!r} is registered twice"
         super().__init__(
-            f"{kind} {name!r} is registered twice: by {first} and by {second}. "
+            f"{what}: by {first} and by {second}. "
             "Disable one of them (QUANTCORE_DISABLE_PLUGINS or disable_plugins=...)."
         )
 
@@ -68,6 +73,7 @@ class UnknownSchemeError(QuantcoreError, ValueError):
         self.name = name
         self.available = dict(available)
         self.aliases = {n: tuple(a) for n, a in (aliases or {}).items()}
+        self.hint = hint
         if not available:
             detail = (
                 "no quantization schemes are available because no quantcore plugin is loaded. "
@@ -78,7 +84,8 @@ class UnknownSchemeError(QuantcoreError, ValueError):
             detail = f"available: {describe_schemes(available, self.aliases)}" + did_you_mean(
                 name, [*available, *(a for names in self.aliases.values() for a in names)]
             )
-        super().__init__(f"unknown dtype/scheme {name!r}: {detail}" + (f". {hint}" if hint else ""))
+        head = f"unknown dtype/scheme {name!r}" if name else "no dtype/scheme given"
+        super().__init__(f"{head}: {detail}" + (f". {hint}" if hint else ""))
 
 
 def describe_schemes(providers: Mapping[str, str], aliases: Mapping[str, Iterable[str]]) -> str:

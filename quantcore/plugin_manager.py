@@ -25,6 +25,7 @@ from quantcore.errors import (
     InvalidRegistrationError,
     PluginLoadError,
     PluginLoadWarning,
+    did_you_mean,
 )
 from quantcore.registrations import Registry
 
@@ -170,24 +171,45 @@ class QuantcorePluginManager(pluggy.PluginManager):
             return
         origin = _Origin(distribution, version, first_party)
         try:
-            self.register(plugin, name=name)
-        except Exception as exc:  # pluggy validates hookimpl signatures here
+            self.register(plugin, name=name)  # pluggy validates hookimpl signatures here
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self._report_failure(name, origin, self._unknown_hooks(plugin) or exc)
+            return
+        except Exception as exc:
             self._report_failure(name, origin, exc)
             return
         self._origins[name] = origin
         self._infos[name] = PluginInfo(name, distribution, version, first_party, "loaded")
+
+    def _unknown_hooks(self, plugin: object) -> str:
+        """What check_pending() found, said for the plugin's author: a hook implementation whose
+        name is no quantcore hook (a typo registers silently in pluggy and provides nothing)."""
+        names = [
+            name
+            for name, caller in vars(self.hook).items()
+            if not name.startswith("_")
+            and isinstance(caller, pluggy.HookCaller)
+            and not caller.has_spec()
+            and any(i.plugin is plugin for i in caller.get_hookimpls())
+        ]
+        return "; ".join(
+            f"it implements {name!r}, which is not a quantcore hook"
+            f"{did_you_mean(name, hookspecs.HOOKS)} (hooks: {', '.join(hookspecs.HOOKS)})"
+            for name in names
+        )
 
     def _report_failure(self, name: str, origin: _Origin, exc: BaseException | str) -> None:
         self._infos[name] = PluginInfo(
             name, origin.distribution, origin.version, origin.first_party, "failed", str(exc)
         )
         error = PluginLoadError(name, origin.distribution, exc)
+        if self.get_plugin(name) is not None:
+            self.unregister(name=name)
         if origin.first_party or self.strict:
             raise error from (exc if isinstance(exc, BaseException) else None)
         warnings.warn(str(error), PluginLoadWarning, stacklevel=4)
         logger.warning("%s", error)
-        if self.get_plugin(name) is not None:
-            self.unregister(name=name)
 
     # -- collection ----------------------------------------------------------------------------
     def registry(self) -> Registry:

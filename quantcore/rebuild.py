@@ -20,8 +20,8 @@ from torch import nn
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import LayerSkipped, QuantcoreError, SerializationError
 from quantcore.manifest import Manifest, WeightRecord
-from quantcore.plugin_manager import QuantcorePluginManager, Registry, create_plugin_manager
-from quantcore.registrations import AdaptedInput, LayerMapper
+from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
+from quantcore.registrations import AdaptedInput, LayerMapper, Registry
 from quantcore.specs import QuantizedWeight, WeightSpec
 
 logger = logging.getLogger("quantcore")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -62,6 +63,29 @@ def _check_name(kind: str, name: object) -> None:
         )
 
 
+class Priority(IntEnum):
+    """The scale ``priority`` fields are read on: higher is tried first.
+
+    Any integer is accepted; these levels say what a number means. quantcore's own mappers and
+    adapters sit at ``BUILTIN`` (a more specific built-in mapper a step above, adapters for
+    rarer inputs steps below); its CPU kernel backends at ``DEFAULT`` plus 10-30, its CUDA ones
+    at ``BUILTIN + 50`` and ``PREFERRED`` (their ``supports`` keeps them to CUDA tensors).
+    """
+
+    FALLBACK = -100  # only what nothing else takes (mappers that keep layers float)
+    DEFAULT = 0  # a registration with no opinion
+    BUILTIN = 100  # quantcore's own mappers and input adapters
+    PREFERRED = 200  # ahead of every built-in: a plugin that replaces one
+
+
+def _check_priority(kind: str, name: str, priority: object) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(
+            f"{kind} {name!r}: priority must be an integer (see quantcore.plugin.Priority), "
+            f"not {priority!r}"
+        )
+
+
 @dataclass(frozen=True)
 class Observer:
     """Computes scale/zero-point from tensors (min/max, percentile, MSE search, ...)."""
@@ -82,6 +106,10 @@ class Scheme:
 
     ``layer_specs`` maps a layer kind (as layer mappers name them: "linear", "embedding", ...) to
     the :class:`LayerSpec` used for it; a kind missing from it is not quantized by this scheme.
+    ``aliases`` are other names users may give (``quantize(dtype=...)``, case-insensitive);
+    ``torch_dtypes`` are the torch dtypes that select it (``dtype=torch.qint8``, as torch.ao
+    callers write). ``default=True`` makes it the scheme used when no dtype is given; at most one
+    loaded scheme may say so.
     """
 
     name: str
@@ -91,11 +119,24 @@ class Scheme:
     dequantize_weight: Callable[[QuantizedWeight], torch.Tensor]
     description: str = ""
     aliases: tuple[str, ...] = ()
+    torch_dtypes: tuple[torch.dtype, ...] = ()
+    default: bool = False
 
     def __post_init__(self) -> None:
         _check_name("scheme", self.name)
         object.__setattr__(self, "layer_specs", _frozen_mapping(self.layer_specs))
         object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "torch_dtypes", tuple(self.torch_dtypes))
+        for alias in self.aliases:
+            _check_name(f"scheme {self.name!r} alias", alias)
+        for dtype in self.torch_dtypes:
+            if not isinstance(dtype, torch.dtype):
+                raise TypeError(f"scheme {self.name!r}: torch_dtypes holds {dtype!r}, no dtype")
+
+    def names(self) -> tuple[str, ...]:
+        """Every name that selects this scheme, lower-cased: its name, aliases, torch dtypes."""
+        words = (self.name, *self.aliases, *(str(d) for d in self.torch_dtypes))
+        return tuple(dict.fromkeys(w.lower() for w in words))
         for kind, spec in self.layer_specs.items():
             if not isinstance(spec, LayerSpec):
                 raise TypeError(f"scheme {self.name!r}: spec for {kind!r} is not a LayerSpec")
@@ -133,6 +174,7 @@ class LayerMapper:
     def __post_init__(self) -> None:
         _check_name("layer mapper", self.name)
         _check_name("layer kind", self.layer_kind)
+        _check_priority("layer mapper", self.name, self.priority)
         if (self.convert is None) == (self.keep_reason is None):
             raise ValueError(
                 f"layer mapper {self.name!r}: give exactly one of convert= or keep_reason="
@@ -206,6 +248,7 @@ class InputAdapter:
 
     def __post_init__(self) -> None:
         _check_name("input adapter", self.name)
+        _check_priority("input adapter", self.name, self.priority)
 
 
 @dataclass(frozen=True)
@@ -253,7 +296,8 @@ class KernelBackend:
     """An implementation of one operation ("linear", ...) for one weight format.
 
     ``prepare`` receives the request and returns the callable that runs the op (it may pre-pack
-    weights). The backend with ``reference=True`` is the always-available correctness oracle;
+    weights). The backend with ``reference=True`` is the always-available correctness oracle
+    (exactly one per op and format, unless the op's layers are their own: ``layer_reference``);
     among the others the highest ``priority`` that is available and supports the request wins.
     """
 
@@ -266,10 +310,21 @@ class KernelBackend:
     priority: int = 0
     reference: bool = False
     description: str = ""
+    # True for an op whose layers compute it themselves when no backend serves a call (the
+    # built-in "recurrent" op: the quantized RNN's step loop over its linear kernels). That code
+    # is the op's reference, so no reference=True backend is registered for it.
+    layer_reference: bool = False
 
     def __post_init__(self) -> None:
+        if self.reference and self.layer_reference:
+            raise ValueError(
+                f"kernel backend {self.name!r}: reference=True and layer_reference=True exclude "
+                "each other (the reference is a backend, or the layer's own code)"
+            )
         _check_name("kernel backend", self.name)
         _check_name("kernel op", self.op)
+        _check_name("weight format", self.weight_format)
+        _check_priority("kernel backend", self.name, self.priority)
 
 
 @dataclass(frozen=True)
@@ -291,15 +346,36 @@ class Registry:
     def provider(self, kind: str, name: str) -> str:
         return self.providers.get((kind, name), "<unknown>")
 
-    def scheme(self, name: str) -> Scheme:
-        key = name.strip().lower()
+    def scheme(self, name: str | torch.dtype) -> Scheme:
+        """The scheme a user's ``dtype`` names: a scheme name or alias (any case), a torch dtype
+        a scheme declares (``torch.qint8``, or its text ``"torch.qint8"``)."""
+        key = str(name).strip().lower()
         for scheme in self.schemes.values():
-            if key == scheme.name.lower() or key in (a.lower() for a in scheme.aliases):
+            if key in scheme.names():
                 return scheme
+        torch_names = {str(d): s.name for s in self.schemes.values() for d in s.torch_dtypes}
+        hint = ""
+        if key.startswith("torch."):
+            listed = ", ".join(f"{d} ({n})" for d, n in sorted(torch_names.items()))
+            hint = f"torch dtypes the loaded schemes accept: {listed or 'none'}"
         raise UnknownSchemeError(
-            name,
+            str(name),
             {n: self.provider("scheme", n) for n in self.schemes},
             {n: s.aliases for n, s in self.schemes.items()},
+            hint,
+        )
+
+    def default_scheme(self) -> Scheme:
+        """The scheme used when no dtype is given: the one a plugin marks ``default=True``."""
+        for scheme in self.schemes.values():
+            if scheme.default:
+                return scheme
+        raise UnknownSchemeError(
+            "",
+            {n: self.provider("scheme", n) for n in self.schemes},
+            {n: s.aliases for n, s in self.schemes.items()},
+            "no loaded scheme is marked default=True; pass dtype= (or set dtype in a "
+            "configuration file)",
         )
 
     def observer(self, name: str) -> Observer:

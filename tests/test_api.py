@@ -56,7 +56,14 @@ def test_dtype_defaults_to_int8(plugin_manager: quantcore.QuantcorePluginManager
 
 @pytest.mark.parametrize(
     ("alias", "scheme"),
-    [(torch.int8, "int8"), (torch.float16, "fp16"), ("half", "fp16"), ("INT8", "int8")],
+    [
+        (torch.int8, "int8"),
+        (torch.qint8, "int8"),  # torch.ao.quantization.quantize_dynamic(dtype=torch.qint8)
+        (torch.float16, "fp16"),
+        ("torch.float16", "fp16"),
+        ("half", "fp16"),
+        ("INT8", "int8"),
+    ],
 )
 def test_dtype_aliases(
     alias: object, scheme: str, plugin_manager: quantcore.QuantcorePluginManager

@@ -80,6 +80,7 @@ def quantcore_schemes() -> Iterator[quantcore.Scheme]:
         dequantize_weight=dequantize_weight,
         description="FP16: float16 weights, computed in the input's dtype",
         aliases=("float16", "half"),
+        torch_dtypes=(torch.float16,),
     )
 
 
@@ -138,6 +139,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         is_available=quantcore_native.available,
         supports=kernels_native.supports_native_recurrent,
         priority=40,
+        layer_reference=True,  # the layer's own step loop is this op's reference
         description=(
             "CPU: a whole LSTM/GRU/RNN sequence (every layer, direction and step) in one native "
             "call over its fp16-linear-native pieces"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import quantcore_native
+import torch
 
 import quantcore
 from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
@@ -93,6 +94,8 @@ def quantcore_schemes() -> Iterator[quantcore.Scheme]:
         dequantize_weight=dequantize_weight,
         description="INT8 dynamic: int8 weights, activations quantized per call",
         aliases=("qint8", "dynamic_int8"),
+        torch_dtypes=(torch.int8, torch.qint8),
+        default=True,
     )
 
 
@@ -178,6 +181,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         is_available=quantcore_native.available,
         supports=kernels_native.supports_native_recurrent,
         priority=40,
+        layer_reference=True,  # the layer's own step loop is this op's reference
         description=(
             "CPU: a whole LSTM/GRU/RNN sequence (every layer, direction and step) in one native "
             "call over its int8-linear-native pieces"

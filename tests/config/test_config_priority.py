@@ -91,7 +91,8 @@ def _log_level(caplog: pytest.LogCaptureFixture, winner: str) -> None:
 
 
 CASES = [
-    Case("dtype", "int8", 'dtype = "int8"', "int8", "fp16", "fp16", _dtype),
+    # dtype's default is None in the configuration: the loaded plugins' default scheme (int8)
+    Case("dtype", None, 'dtype = "int8"', "int8", "fp16", "fp16", _dtype),
     Case("include", (), 'include = ["0"]', ("0",), ["2"], ("2",), _include),
     Case("exclude", (), 'exclude = ["0"]', ("0",), "2", ("2",), _exclude),
     Case(
@@ -182,7 +183,7 @@ def test_explicit_path_beats_environment_and_user_file(
     monkeypatch.setenv(quantcore.CONFIG_ENV_VAR, str(env_file))
     config = resolve_config(explicit)
     assert config.exclude == ("x",) and config.source("exclude") == f"file {explicit}"
-    assert config.dtype == "int8", "the environment's file must not be read when a path is given"
+    assert config.dtype is None, "the environment's file must not be read when a path is given"
     assert config.strict is False, "the user file is only the fallback location"
 
 

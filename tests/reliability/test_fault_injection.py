@@ -108,7 +108,12 @@ class FaultyScheme:
             return self.base.quantize_weight(*args)
 
         yield dataclasses.replace(
-            self.base, name="faulty", aliases=(), quantize_weight=quantize_weight
+            self.base,
+            name="faulty",
+            aliases=(),
+            torch_dtypes=(),
+            default=False,
+            quantize_weight=quantize_weight,
         )
 
 
