@@ -65,6 +65,16 @@ from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handl
 from quantcore.hookspecs import hookimpl, hookspec
 from quantcore.integrations import activate_integrations
 from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
+from quantcore.modules import (
+    DtypeTrackingModule,
+    QuantizedContainer,
+    QuantizedLinear,
+    QuantizedModule,
+    kernel_request,
+    register_weight,
+    select_kernel,
+    track_dtype,
+)
 from quantcore.plugin_manager import (
     DISABLE_ENV_VAR,
     ENTRY_POINT_GROUP,
@@ -121,6 +131,14 @@ __all__ = [
     "ErrorStats",
     "compare",
     "load_inputs",
+    "track_dtype",
+    "select_kernel",
+    "register_weight",
+    "kernel_request",
+    "QuantizedModule",
+    "QuantizedLinear",
+    "QuantizedContainer",
+    "DtypeTrackingModule",
     "CONFIG_ENV_VAR",
     "DISABLE_ENV_VAR",
     "ENTRY_POINT_GROUP",

@@ -7,9 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from quantcore.errors import LayerSkipped
-from quantcore.registrations import KernelBackend, Registry, Scheme
+from quantcore.registrations import KernelBackend, LayerMapper, Registry, Scheme
 from quantcore.specs import LayerSpec, QuantizedWeight, WeightSpec
 
 
@@ -40,6 +41,7 @@ class ConversionContext:
     # every weight this layer quantized, in call order, with the float shape it came from: what a
     # saved file records so the layer can be rebuilt without float weights (quantcore.load)
     quantized_weights: list[tuple[tuple[int, ...], QuantizedWeight]] = field(default_factory=list)
+    mapper: LayerMapper | None = None  # the mapper converting this layer
 
     def quantize_weight(
         self, weight: torch.Tensor, spec: WeightSpec | None = None
@@ -91,6 +93,22 @@ class ConversionContext:
     ) -> tuple[KernelBackend, ...]:
         """Kernel backends for ``op`` on this scheme's weight format, preferred first."""
         return self.registry.kernel_candidates(op, weight_format or self.scheme.weight_format)
+
+    def delegate(self, module: nn.Module, layer_kind: str | None = None) -> nn.Module:
+        """Hand ``module`` (a part of this layer, or a stand-in built for it) to the registered
+        mapper that converts it: the first by priority whose ``matches`` accepts it (of
+        ``layer_kind`` if given), other than this layer's own mapper. It converts with this
+        context, so this layer's scheme and spec apply and its weights are recorded here (a saved
+        file rebuilds the layer by running this layer's mapper, which delegates again)."""
+        for mapper in self.registry.layer_mappers:
+            if mapper.convert is None or mapper is self.mapper:
+                continue
+            if layer_kind is not None and mapper.layer_kind != layer_kind:
+                continue
+            if mapper.matches(module):
+                return mapper.convert(module, self)
+        kind = f" of kind {layer_kind!r}" if layer_kind else ""
+        raise LayerSkipped(f"no loaded layer mapper{kind} converts {type(module).__name__}")
 
     def note(self, message: str) -> None:
         """Attach a remark to this layer's line in the report."""

@@ -24,6 +24,7 @@ from quantcore.config import Override, apply_overrides, decide_layer, first_matc
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import LayerQuantizationError, LayerSkipped
 from quantcore.manifest import LayerRecord, WeightRecord
+from quantcore.modules import kernel_names
 from quantcore.registrations import LayerMapper, Registry, Scheme
 from quantcore.report import LayerReport, LayerStatus
 from quantcore.specs import LayerSpec
@@ -266,7 +267,13 @@ def quantize_module(
         layer_scheme, spec = item.resolved.scheme, item.resolved.spec
         assert spec is not None
         ctx = ConversionContext(
-            item.name, item.mapper.layer_kind, layer_scheme, spec, registry, shared
+            item.name,
+            item.mapper.layer_kind,
+            layer_scheme,
+            spec,
+            registry,
+            shared,
+            mapper=item.mapper,
         )
         assert item.mapper.convert is not None
         try:
@@ -296,7 +303,7 @@ def quantize_module(
             scheme=layer_scheme.name,
             granularity=spec.describe(),
             mapper=item.mapper.name,
-            kernel=getattr(new_module, "kernel_name", None),
+            kernel=kernel_names(new_module),
             bytes_before=module_bytes(item.module),
             bytes_after=module_bytes(new_module),
             notes=(*item.resolved.notes, *ctx.notes),
@@ -449,7 +456,9 @@ def quantize_state_dict(
             )
             continue
         layer_scheme, spec = resolved.scheme, resolved.spec
-        ctx = ConversionContext(name, mapper.layer_kind, layer_scheme, spec, registry, shared)
+        ctx = ConversionContext(
+            name, mapper.layer_kind, layer_scheme, spec, registry, shared, mapper=mapper
+        )
         try:
             converted = mapper.convert_state_dict(prefix, tensors, ctx)
         except LayerSkipped as skip:

@@ -124,6 +124,7 @@ def rebuild(
             record.spec,
             registry,
             shared,
+            mapper=mapper,
             planned=record.weights,
             device=device,
         )

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import quantcore
-from quantcore import ConversionContext
+from quantcore import ConversionContext, QuantizedLinear, QuantizedModule
 from quantcore_layers.attention import (
     QuantizedMultiheadAttention,
     attention_state_dict_layers,
@@ -38,7 +38,6 @@ from quantcore_layers.embedding import (
     is_embedding,
     is_embedding_bag,
 )
-from quantcore_layers.modules import QuantizedLinear, QuantizedModule
 from quantcore_layers.recurrent import (
     QuantizedRNN,
     QuantizedRNNCell,
@@ -52,8 +51,6 @@ __all__ = [
     "QuantizedConv",
     "QuantizedEmbedding",
     "QuantizedEmbeddingBag",
-    "QuantizedLinear",
-    "QuantizedModule",
     "QuantizedMultiheadAttention",
     "QuantizedRNN",
     "QuantizedRNNCell",

@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantcore import ConversionContext
+from quantcore import ConversionContext, QuantizedContainer, QuantizedLinear, QuantizedModule
 from quantcore_layers.common import (
-    QuantizedContainer,
     module_bias,
     module_tensor,
     quantized_linear,
     refuse_overridden_forward,
 )
-from quantcore_layers.modules import QuantizedLinear, QuantizedModule
 
 
 class FloatWeightUnavailable(torch.Tensor):

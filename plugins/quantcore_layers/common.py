@@ -1,17 +1,13 @@
-"""Helpers shared by the layer families: reading a module's weight safely, building quantized
-linear pieces, and the base of quantized modules made of quantized children."""
+"""Helpers shared by the layer families: reading a module's weight safely and building quantized
+linear pieces."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 import quantcore
-from quantcore import ConversionContext, KernelRequest
-from quantcore_layers.modules import QuantizedLinear, QuantizedModule
+from quantcore import ConversionContext, QuantizedLinear
 
 # Hook-based reparametrizations (deprecated in torch) recompute ``module.weight`` in a forward
 # pre-hook from parameters the quantized module does not have; quantcore copies forward hooks onto
@@ -78,60 +74,3 @@ def refuse_overridden_forward(module: nn.Module, base: type[nn.Module]) -> None:
             f"{type(module).__name__} overrides {base.__name__}.forward(); its own code decides how "
             "the weight is used, so it stays float"
         )
-
-
-class QuantizedContainer(QuantizedModule):
-    """A quantized layer whose work is done by quantized children (QuantizedLinear pieces): the
-    children pick and re-pick their kernels; this module only reports which ones run."""
-
-    def __init__(self, op: str) -> None:
-        super().__init__(op, ())
-
-    def _prepare_kernel(self) -> None:
-        names = sorted(
-            {
-                m.kernel_name
-                for m in self.modules()
-                if m is not self and isinstance(m, QuantizedModule)
-            }
-        )
-        self.kernel_name = ", ".join(names)
-
-
-def track_dtype(dtype: torch.dtype, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.dtype:
-    """The dtype a float tensor of ``dtype`` gets from an ``nn.Module._apply`` function, so a
-    quantized module moved with ``.to(torch.bfloat16)`` / ``.half()`` returns that dtype."""
-    try:
-        return fn(torch.empty(0, dtype=dtype)).dtype
-    except Exception:  # an _apply function that only makes sense for real tensors
-        return dtype
-
-
-class DtypeTrackingModule(QuantizedModule):
-    """A quantized module whose output dtype is its own (embeddings: the input holds indices)."""
-
-    output_dtype: torch.dtype
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
-        self.output_dtype = track_dtype(self.output_dtype, fn)
-        return super()._apply(fn, recurse)
-
-
-def kernel_request(
-    module: QuantizedModule, op: str, name: str = "weight", **options: Any
-) -> KernelRequest:
-    """The request for a module holding one quantized weight in buffers ``name``, ``name_scale``,
-    ``name_zero_point`` and a float ``bias``."""
-    buffers = module._buffers
-    data = module._buffer(name)
-    assert data is not None
-    weight = quantcore.QuantizedWeight(
-        module.weight_format,
-        data,
-        scale=buffers.get(f"{name}_scale"),
-        zero_point=buffers.get(f"{name}_zero_point"),
-        spec=module.weight_spec,
-    )
-    bias = getattr(module, "bias", None)
-    activation = getattr(module, "activation", None)
-    return KernelRequest(op, weight, bias, activation, data.device, options)

@@ -14,15 +14,12 @@ from quantcore import (
     ConversionContext,
     KernelBackend,
     KernelRequest,
+    QuantizedModule,
     QuantizedWeight,
-)
-from quantcore_layers.common import (
     kernel_request,
-    module_bias,
-    module_tensor,
-    refuse_overridden_forward,
+    register_weight,
 )
-from quantcore_layers.modules import QuantizedModule, register_weight
+from quantcore_layers.common import module_bias, module_tensor, refuse_overridden_forward
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

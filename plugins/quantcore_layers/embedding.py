@@ -13,14 +13,17 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from quantcore import ConversionContext, KernelBackend, KernelRequest, QuantizedWeight
-from quantcore_layers.common import (
+from quantcore import (
+    ConversionContext,
     DtypeTrackingModule,
+    KernelBackend,
+    KernelRequest,
+    QuantizedModule,
+    QuantizedWeight,
     kernel_request,
-    module_tensor,
-    refuse_overridden_forward,
+    register_weight,
 )
-from quantcore_layers.modules import QuantizedModule, register_weight
+from quantcore_layers.common import module_tensor, refuse_overridden_forward
 
 
 class _QuantizedTable(DtypeTrackingModule):

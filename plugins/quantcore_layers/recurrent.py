@@ -19,15 +19,20 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import quantcore
-from quantcore import ConversionContext, KernelBackend, KernelRequest
-from quantcore_layers.common import (
+from quantcore import (
+    ConversionContext,
+    KernelBackend,
+    KernelRequest,
     QuantizedContainer,
+    QuantizedLinear,
+    QuantizedModule,
+)
+from quantcore_layers.common import (
     module_bias,
     module_tensor,
     quantized_linear,
     refuse_overridden_forward,
 )
-from quantcore_layers.modules import QuantizedLinear, QuantizedModule
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c); c is unused (empty) outside LSTM
 

@@ -4,7 +4,8 @@ and quantcore as a transformers quantization method (``hf_quantizer``, activated
 ``quantcore.integrations`` entry point when transformers loads its quantizers).
 
 GPT-2 and its relatives keep their linear layers in ``transformers.pytorch_utils.Conv1D``: a linear
-layer whose weight is stored transposed, ``[in_features, out_features]``. This plugin registers its
+layer whose weight is stored transposed, ``[in_features, out_features]``; it becomes quantcore's
+QuantizedLinear, as an ``nn.Linear`` does. This plugin registers its
 mapper only when transformers is installed, and never imports transformers itself: a model that
 holds a Conv1D has imported it already, so the class is recognized by name and module.
 """
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 import quantcore
-from quantcore import ConversionContext
+from quantcore import ConversionContext, QuantizedLinear
 from quantcore_transformers import conv1d_tensors, hf_folders, hf_models
 
 _CONV1D = ("transformers.pytorch_utils", "Conv1D")
@@ -40,8 +41,8 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 
 
 def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
-    """Convert as the linear layer it is, through whichever "linear" mapper is registered, so the
-    result is exactly what that mapper (and the scheme's linear kernels) make of a linear layer."""
+    """A QuantizedLinear: Conv1D computes ``x @ W + b`` with ``W`` stored ``[in, out]``, which is
+    a linear layer with weight ``W.T`` (quantized from a view: nothing is copied)."""
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -52,15 +53,14 @@ def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     if cls is not None and type(module).forward is not cls.forward:
         ctx.note(f"{type(module).__name__} overrides forward; replaced by a quantized linear")
     in_features, out_features = weight.shape
-    # x @ W + b with W [in, out] is nn.Linear with weight W.T (a view, nothing copied)
-    linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight.detach().t(), requires_grad=False)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias.detach(), requires_grad=False)
-    for mapper in ctx.registry.layer_mappers:
-        if mapper.layer_kind == "linear" and mapper.convert is not None and mapper.matches(linear):
-            return mapper.convert(linear, ctx)
-    raise quantcore.LayerSkipped("no layer mapper for nn.Linear is loaded to convert Conv1D with")
+    return QuantizedLinear(
+        in_features,
+        out_features,
+        ctx.quantize_weight(weight.detach().t()),
+        None if bias is None else ctx.clone(bias),
+        ctx.spec.activation,
+        ctx.kernel_candidates("linear"),
+    )
 
 
 @quantcore.hookimpl

@@ -12,7 +12,6 @@ from quantcore_fp16 import kernels_cuda as fp16_cuda
 from quantcore_int8 import kernels_cuda as int8_cuda
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.quantization import quantize_weight
-from quantcore_layers.modules import select_kernel
 from torch import nn
 
 import quantcore
@@ -23,6 +22,7 @@ from quantcore import (
     KernelRequest,
     QuantizedWeight,
     WeightSpec,
+    select_kernel,
 )
 
 CUDA = torch.device("cuda")

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from conftest import fingerprint
-from quantcore_layers import QuantizedModule
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import quantcore
+from quantcore import QuantizedModule
 
 # Bounds on the relative error ||quantized - float|| / ||float|| of a layer's outputs on the
 # small random models of these tests; docs/schemes.md lists them with the measured values.

@@ -119,7 +119,7 @@ class FaultyScheme:
 
 def live_quantized_modules() -> int:
     gc.collect()
-    from quantcore_layers import QuantizedModule
+    from quantcore import QuantizedModule
 
     return sum(1 for o in gc.get_objects() if issubclass(type(o), QuantizedModule))
 

@@ -1,5 +1,14 @@
-"""Quantized replacement modules. They hold plain tensors (so ``state_dict`` is plain) and run
-through a kernel backend chosen for their device; the choice is redone when they move."""
+"""The quantized-module runtime, for layer mappers: a quantized layer holds its weight as plain
+buffers (so ``state_dict`` is plain), runs through a kernel backend chosen for its device, and
+chooses again when it moves, is loaded or is unpickled. Format-agnostic: the scheme's
+dequantizer and the kernel backends registered for the weight's format do the format's work.
+
+:class:`QuantizedModule` is the base (kernel selection, the float ``.weight`` view, dropping the
+plain weight once a :class:`~quantcore.plugin.PackedWeightKernel` holds a packed copy);
+:class:`QuantizedLinear` is the quantized ``nn.Linear``; :class:`QuantizedContainer` a layer whose
+work is done by quantized children; :func:`register_weight` and :func:`kernel_request` the two
+calls a new quantized layer needs.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +20,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-import quantcore
-from quantcore import (
-    ActivationSpec,
-    KernelBackend,
-    KernelRequest,
-    PackedWeightKernel,
-    QuantizedWeight,
-    WeightSpec,
-)
+from quantcore.errors import LayerSkipped
+from quantcore.registrations import KernelBackend, KernelRequest, PackedWeightKernel
+from quantcore.specs import ActivationSpec, QuantizedWeight, WeightSpec
 
 Dequantizer = Callable[[QuantizedWeight], torch.Tensor]
 
@@ -32,7 +35,7 @@ def select_kernel(
         if backend.is_available() and backend.supports(request):
             return backend, backend.prepare(request)
     names = ", ".join(b.name for b in backends) or "none registered"
-    raise quantcore.LayerSkipped(
+    raise LayerSkipped(
         f"no kernel backend for {request.op} on {request.weight.format} weights on "
         f"{request.device} (candidates: {names})"
     )
@@ -187,6 +190,8 @@ def _reprepare_after_load(module: nn.Module, _keys: Any) -> None:
 
 
 def register_weight(module: nn.Module, weight: QuantizedWeight, name: str = "weight") -> None:
+    """Hold ``weight`` as buffers ``name``, ``name_scale``, ``name_zero_point`` (those it has);
+    on a QuantizedModule, reading ``module.<name>`` then gives the dequantized float values."""
     for key, tensor in weight.tensors(name).items():
         module.register_buffer(key, tensor)
     if isinstance(module, QuantizedModule) and weight.dequantizer is not None:
@@ -240,3 +245,76 @@ class QuantizedLinear(QuantizedModule):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, format={self.weight_format}, kernel={self.kernel_name}"
         )
+
+
+def kernel_request(
+    module: QuantizedModule, op: str, name: str = "weight", **options: Any
+) -> KernelRequest:
+    """The request for a module holding one quantized weight in buffers ``name``, ``name_scale``,
+    ``name_zero_point`` (with ``weight_format`` and ``weight_spec`` attributes), a float ``bias``
+    attribute and an ``activation`` spec attribute (None or absent: weight-only)."""
+    buffers = module._buffers
+    data = module._buffer(name)
+    assert data is not None
+    weight = QuantizedWeight(
+        module.weight_format,
+        data,
+        scale=buffers.get(f"{name}_scale"),
+        zero_point=buffers.get(f"{name}_zero_point"),
+        spec=module.weight_spec,
+    )
+    bias = getattr(module, "bias", None)
+    activation = getattr(module, "activation", None)
+    return KernelRequest(op, weight, bias, activation, data.device, options)
+
+
+class QuantizedContainer(QuantizedModule):
+    """A quantized layer whose work is done by quantized children (QuantizedLinear pieces): the
+    children pick and re-pick their kernels; this module only reports which ones run."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__(op, ())
+
+    def _prepare_kernel(self) -> None:
+        names = sorted(
+            {
+                m.kernel_name
+                for m in self.modules()
+                if m is not self and isinstance(m, QuantizedModule)
+            }
+        )
+        self.kernel_name = ", ".join(names)
+
+
+def kernel_names(module: nn.Module) -> str | None:
+    """The kernel backend(s) a converted layer runs: its own, or those of the quantized modules
+    inside it (a mapper's wrapper module), comma-separated; None when there are none."""
+    if isinstance(module, QuantizedModule):
+        return module.kernel_name or None
+    names = {
+        name
+        for m in module.modules()
+        if m is not module and isinstance(m, QuantizedModule)
+        for name in m.kernel_name.split(", ")
+        if name
+    }
+    return ", ".join(sorted(names)) or None
+
+
+def track_dtype(dtype: torch.dtype, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.dtype:
+    """The dtype a float tensor of ``dtype`` gets from an ``nn.Module._apply`` function, so a
+    quantized module moved with ``.to(torch.bfloat16)`` / ``.half()`` returns that dtype."""
+    try:
+        return fn(torch.empty(0, dtype=dtype)).dtype
+    except Exception:  # an _apply function that only makes sense for real tensors
+        return dtype
+
+
+class DtypeTrackingModule(QuantizedModule):
+    """A quantized module whose output dtype is its own (embeddings: the input holds indices)."""
+
+    output_dtype: torch.dtype
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        self.output_dtype = track_dtype(self.output_dtype, fn)
+        return super()._apply(fn, recurse)
