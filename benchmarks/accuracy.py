@@ -174,7 +174,7 @@ def part_convs(out: dict[str, Any]) -> None:
     )
 
     class WeightOnly:
-        @quantcore.hookimpl
+        @quantcore.plugin.hookimpl
         def quantcore_schemes(self) -> Any:
             yield weight_only
 

@@ -1,11 +1,14 @@
 """quantcore: dynamic INT8 and FP16 quantization for any PyTorch model, extensible through plugins.
 
-Users call :func:`quantize`. Plugin authors use :data:`hookimpl` and the registration records
-(:class:`Scheme`, :class:`Observer`, :class:`LayerMapper`, :class:`InputAdapter`,
-:class:`KernelBackend`); everything they need is importable from this package.
+Users call :func:`quantize` (or :func:`quantize_to_file`), save and load what it returns, and read
+the report; everything they need is importable from this package. Plugin authors use
+:mod:`quantcore.plugin`: hook markers, registration records, the quantized-module runtime.
 """
 
+from __future__ import annotations
+
 import warnings
+from typing import Any
 
 with warnings.catch_warnings():
     # torch without NumPy installed warns "Failed to initialize NumPy" on import; quantcore
@@ -15,14 +18,8 @@ with warnings.catch_warnings():
 
 from importlib_metadata import PackageNotFoundError, version
 
-from quantcore.api import (
-    QuantizationResult,
-    adapt_input,
-    attach_manifest,
-    list_plugins,
-    manifest_of,
-    quantize,
-)
+from quantcore import plugin
+from quantcore.api import QuantizationResult, list_plugins, manifest_of, quantize
 from quantcore.calibration import Batch, load_inputs
 from quantcore.compare import Comparison, ErrorStats, compare
 from quantcore.config import (
@@ -33,7 +30,6 @@ from quantcore.config import (
     load_config,
     resolve_config,
 )
-from quantcore.context import ConversionContext
 from quantcore.errors import (
     AccuracyError,
     CheckpointError,
@@ -44,7 +40,6 @@ from quantcore.errors import (
     IncompatibleFormatError,
     InvalidRegistrationError,
     LayerQuantizationError,
-    LayerSkipped,
     MissingDependencyError,
     NothingToQuantizeError,
     PluginConflictError,
@@ -59,65 +54,17 @@ from quantcore.errors import (
     UnknownSchemeError,
     UnsafeCheckpointError,
     UnsupportedInputError,
-    did_you_mean,
 )
-from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handle
-from quantcore.hookspecs import hookimpl, hookspec
 from quantcore.integrations import activate_integrations
 from quantcore.manifest import FORMAT_VERSION, LayerRecord, Manifest, WeightRecord
-from quantcore.modules import (
-    DtypeTrackingModule,
-    QuantizedContainer,
-    QuantizedLinear,
-    QuantizedModule,
-    kernel_request,
-    register_weight,
-    select_kernel,
-    track_dtype,
-)
 from quantcore.plugin_manager import (
     DISABLE_ENV_VAR,
-    ENTRY_POINT_GROUP,
-    PluginCandidate,
     PluginInfo,
     QuantcorePluginManager,
     create_plugin_manager,
-    discover_plugins,
-)
-from quantcore.rebuild import RebuildContext, rebuild_layers
-from quantcore.registrations import (
-    AdaptedInput,
-    InputAdapter,
-    KernelBackend,
-    KernelRequest,
-    LayerMapper,
-    Observer,
-    PackedWeightKernel,
-    Priority,
-    Registry,
-    Scheme,
-    StateDictShard,
 )
 from quantcore.report import LayerReport, QuantizationReport
-from quantcore.serialization import (
-    CheckpointFile,
-    QuantizedFile,
-    load,
-    quantize_to_file,
-    read_checkpoint,
-    read_index,
-    read_quantized,
-    save,
-    shard_paths,
-)
-from quantcore.specs import (
-    ActivationSpec,
-    Granularity,
-    LayerSpec,
-    QuantizedWeight,
-    QuantParams,
-    WeightSpec,
-)
+from quantcore.serialization import QuantizedFile, load, quantize_to_file, read_quantized, save
 
 try:
     __version__ = version("quantcore")
@@ -131,54 +78,29 @@ __all__ = [
     "ErrorStats",
     "compare",
     "load_inputs",
-    "track_dtype",
-    "select_kernel",
-    "register_weight",
-    "kernel_request",
-    "QuantizedModule",
-    "QuantizedLinear",
-    "QuantizedContainer",
-    "DtypeTrackingModule",
     "CONFIG_ENV_VAR",
     "DISABLE_ENV_VAR",
-    "ENTRY_POINT_GROUP",
     "FORMAT_VERSION",
-    "ActivationSpec",
-    "AdaptedInput",
+    "CheckpointError",
     "ConfigError",
     "ConfigFile",
     "ConfigFileError",
     "ConfigTypeError",
     "ConfigValueError",
-    "CheckpointError",
-    "CheckpointFile",
-    "ConversionContext",
-    "Granularity",
     "IncompatibleFormatError",
-    "InputAdapter",
     "InvalidRegistrationError",
-    "KernelBackend",
-    "KernelRequest",
-    "PackedWeightKernel",
-    "Priority",
-    "LayerMapper",
     "LayerQuantizationError",
     "LayerRecord",
     "LayerReport",
-    "LayerSkipped",
-    "LayerSpec",
     "Manifest",
     "MissingDependencyError",
     "NothingToQuantizeError",
-    "Observer",
     "Override",
-    "PluginCandidate",
     "PluginConflictError",
     "PluginError",
     "PluginInfo",
     "PluginLoadError",
     "PluginLoadWarning",
-    "QuantParams",
     "QuantcoreError",
     "QuantcorePluginManager",
     "QuantcoreWarning",
@@ -186,43 +108,38 @@ __all__ = [
     "QuantizationResult",
     "QuantizeConfig",
     "QuantizedFile",
-    "QuantizedWeight",
-    "RebuildContext",
-    "Registry",
-    "Scheme",
-    "UnknownConfigKeyError",
     "SerializationError",
-    "StateDictShard",
+    "UnknownConfigKeyError",
     "UnknownObserverError",
     "UnknownSchemeError",
     "UnsafeCheckpointError",
     "UnsupportedInputError",
     "WeightRecord",
-    "WeightSpec",
     "__version__",
-    "adapt_input",
-    "attach_manifest",
-    "call_in_graph",
     "create_plugin_manager",
-    "did_you_mean",
-    "discover_plugins",
-    "graph_handle",
-    "hookimpl",
-    "hookspec",
-    "kernel_of_handle",
     "list_plugins",
-    "load_config",
-    "quantize",
-    "resolve_config",
     "load",
+    "load_config",
     "manifest_of",
+    "plugin",
+    "quantize",
     "quantize_to_file",
-    "read_checkpoint",
-    "read_index",
     "read_quantized",
-    "rebuild_layers",
+    "resolve_config",
     "save",
-    "shard_paths",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to :mod:`quantcore.plugin` still resolve here, with a warning."""
+    if name in plugin.__all__:
+        warnings.warn(
+            f"quantcore.{name} is part of the plugin-author API: use quantcore.plugin.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(plugin, name)
+    raise AttributeError(f"module 'quantcore' has no attribute {name!r}")
+
 
 activate_integrations()

@@ -64,7 +64,7 @@ def collect(hook: pluggy.HookRelay, problems: Problems) -> Registry:
                     problems.bad_registration(
                         impl.plugin_name,
                         f"hook {hook_name} yielded {type(item).__name__}, "
-                        f"expected quantcore.{expected.__name__}",
+                        f"expected quantcore.plugin.{expected.__name__}",
                     )
     return _registry(collected, problems)
 

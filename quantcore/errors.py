@@ -256,3 +256,31 @@ class QuantcoreWarning(UserWarning):
 
 class PluginLoadWarning(QuantcoreWarning):
     """A third-party plugin was skipped because it failed to load or misbehaved."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConfigFileError",
+    "ConfigTypeError",
+    "ConfigValueError",
+    "IncompatibleFormatError",
+    "InvalidRegistrationError",
+    "LayerQuantizationError",
+    "LayerSkipped",
+    "MissingDependencyError",
+    "NothingToQuantizeError",
+    "PluginConflictError",
+    "PluginError",
+    "PluginLoadError",
+    "PluginLoadWarning",
+    "QuantcoreError",
+    "QuantcoreWarning",
+    "SerializationError",
+    "UnknownConfigKeyError",
+    "UnknownObserverError",
+    "UnknownSchemeError",
+    "UnsafeCheckpointError",
+    "UnsupportedInputError",
+    "did_you_mean",
+]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, LayerSpec, WeightSpec
 from quantcore_int8.quantization import dequantize_weight, quantize_weight
 
 PC, PT, TOK = Granularity.PER_CHANNEL, Granularity.PER_TENSOR, Granularity.PER_TOKEN
@@ -21,9 +21,9 @@ PC, PT, TOK = Granularity.PER_CHANNEL, Granularity.PER_TENSOR, Granularity.PER_T
 
 def manager_with(kind: str, spec: LayerSpec) -> quantcore.QuantcorePluginManager:
     class Probe:
-        @quantcore.hookimpl
-        def quantcore_schemes(self) -> Iterator[quantcore.Scheme]:
-            yield quantcore.Scheme(
+        @quantcore.plugin.hookimpl
+        def quantcore_schemes(self) -> Iterator[quantcore.plugin.Scheme]:
+            yield quantcore.plugin.Scheme(
                 name="probe", weight_format="int8", layer_specs={kind: spec},
                 quantize_weight=quantize_weight, dequantize_weight=dequantize_weight,
             )

@@ -121,13 +121,13 @@ def test_callers_model_is_untouched(
 
 def _failing_mapper_plugin(fail_on: str) -> object:
     class Plugin:
-        @quantcore.hookimpl
-        def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
-            def convert(module: nn.Module, ctx: quantcore.ConversionContext) -> nn.Module:
+        @quantcore.plugin.hookimpl
+        def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
+            def convert(module: nn.Module, ctx: quantcore.plugin.ConversionContext) -> nn.Module:
                 ctx.quantize_weight(module.matrix)  # type: ignore[arg-type]
                 raise RuntimeError("injected failure")
 
-            yield quantcore.LayerMapper(
+            yield quantcore.plugin.LayerMapper(
                 name="failing",
                 layer_kind="linear",
                 matches=lambda m: type(m).__name__ == fail_on,

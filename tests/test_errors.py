@@ -34,9 +34,9 @@ class Fragile(nn.Linear):
 
 
 class FailingMapperPlugin:
-    @quantcore.hookimpl
-    def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
-        def convert(module: nn.Module, ctx: quantcore.ConversionContext) -> nn.Module:
+    @quantcore.plugin.hookimpl
+    def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
+        def convert(module: nn.Module, ctx: quantcore.plugin.ConversionContext) -> nn.Module:
             ctx.quantize_weight(module.weight)  # type: ignore[arg-type]
             torch.set_num_threads(torch.get_num_threads() + 1)
             torch.set_default_dtype(torch.float64)
@@ -44,7 +44,7 @@ class FailingMapperPlugin:
             torch.rand(3)  # consumes the global random generator
             raise RuntimeError("simulated failure")
 
-        yield quantcore.LayerMapper(
+        yield quantcore.plugin.LayerMapper(
             name="fragile",
             layer_kind="linear",
             matches=lambda m: isinstance(m, Fragile),
@@ -101,13 +101,13 @@ def test_mid_process_failure_names_layer_and_leaves_everything_as_it_was() -> No
 
 def test_quantcore_errors_from_a_mapper_are_wrapped_with_the_layer_name() -> None:
     class BadObserverPlugin:
-        @quantcore.hookimpl
-        def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
-            def convert(module: nn.Module, ctx: quantcore.ConversionContext) -> nn.Module:
+        @quantcore.plugin.hookimpl
+        def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
+            def convert(module: nn.Module, ctx: quantcore.plugin.ConversionContext) -> nn.Module:
                 ctx.registry.observer("missing")
                 return module
 
-            yield quantcore.LayerMapper(
+            yield quantcore.plugin.LayerMapper(
                 name="bad",
                 layer_kind="linear",
                 matches=lambda m: isinstance(m, Fragile),
@@ -205,14 +205,18 @@ def _raised(call: Callable[[], object]) -> BaseException:
 
 
 def _plugin_load_error(strict: bool) -> quantcore.PluginLoadError:
-    candidate = quantcore.PluginCandidate("extra", "no_such_module_xyz", "quantcore-extra", "1.0")
+    candidate = quantcore.plugin.PluginCandidate(
+        "extra", "no_such_module_xyz", "quantcore-extra", "1.0"
+    )
     return _raised(  # type: ignore[return-value]
         lambda: quantcore.create_plugin_manager(candidates=[candidate], strict=strict)
     )
 
 
 def _plugin_load_warning(_: Path) -> Warning:
-    candidate = quantcore.PluginCandidate("extra", "no_such_module_xyz", "quantcore-extra", "1.0")
+    candidate = quantcore.plugin.PluginCandidate(
+        "extra", "no_such_module_xyz", "quantcore-extra", "1.0"
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quantcore.create_plugin_manager(candidates=[candidate])
@@ -221,7 +225,7 @@ def _plugin_load_warning(_: Path) -> Warning:
 
 def _invalid_registration(_: Path) -> BaseException:
     class Wrong:
-        @quantcore.hookimpl
+        @quantcore.plugin.hookimpl
         def quantcore_schemes(self) -> list[object]:
             return ["int8"]
 
@@ -232,9 +236,9 @@ def _invalid_registration(_: Path) -> BaseException:
 
 def _conflict(_: Path) -> BaseException:
     class Twin:
-        @quantcore.hookimpl
-        def quantcore_observers(self) -> Iterator[quantcore.Observer]:
-            yield quantcore.Observer("minmax", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
+        @quantcore.plugin.hookimpl
+        def quantcore_observers(self) -> Iterator[quantcore.plugin.Observer]:
+            yield quantcore.plugin.Observer("minmax", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
 
     manager = quantcore.create_plugin_manager()
     manager.register_plugin(Twin(), "twin", distribution="twin-observers")
@@ -349,12 +353,14 @@ BASE_CLASSES = {"QuantcoreError", "PluginError", "ConfigError", "QuantcoreWarnin
 
 
 def public_error_types() -> list[str]:
+    """Every error class of quantcore.errors: users' (``quantcore``) and plugin authors'
+    (``quantcore.plugin``, which has them all)."""
     return sorted(
         name
-        for name in quantcore.__all__
-        if isinstance(getattr(quantcore, name), type)
+        for name in quantcore.errors.__all__
+        if isinstance(getattr(quantcore.plugin, name), type)
         and issubclass(
-            getattr(quantcore, name), (quantcore.QuantcoreError, quantcore.QuantcoreWarning)
+            getattr(quantcore.plugin, name), (quantcore.QuantcoreError, quantcore.QuantcoreWarning)
         )
     )
 

@@ -12,15 +12,15 @@ from quantcore_int8.quantization import (
 )
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, WeightSpec
 
 
 @pytest.fixture
-def minmax(plugin_manager: quantcore.QuantcorePluginManager) -> quantcore.Observer:
+def minmax(plugin_manager: quantcore.QuantcorePluginManager) -> quantcore.plugin.Observer:
     return plugin_manager.registry().observer("minmax")
 
 
-def _scale_per_element(qw: quantcore.QuantizedWeight, like: torch.Tensor) -> torch.Tensor:
+def _scale_per_element(qw: quantcore.plugin.QuantizedWeight, like: torch.Tensor) -> torch.Tensor:
     assert qw.scale is not None
     if qw.scale.dim() == 0:
         return qw.scale.expand_as(like)
@@ -31,7 +31,10 @@ def _scale_per_element(qw: quantcore.QuantizedWeight, like: torch.Tensor) -> tor
 @pytest.mark.parametrize("granularity", [Granularity.PER_CHANNEL, Granularity.PER_TENSOR])
 @pytest.mark.parametrize("shape", [(16, 32), (8, 3, 3, 3), (1, 1), (5, 1)])
 def test_round_trip_error_is_at_most_half_a_step(
-    minmax: quantcore.Observer, symmetric: bool, granularity: Granularity, shape: tuple[int, ...]
+    minmax: quantcore.plugin.Observer,
+    symmetric: bool,
+    granularity: Granularity,
+    shape: tuple[int, ...],
 ) -> None:
     torch.manual_seed(0)
     weight = torch.randn(shape) * torch.logspace(-3, 2, shape[0]).reshape(
@@ -50,7 +53,7 @@ def test_round_trip_error_is_at_most_half_a_step(
         assert qw.zero_point is not None
 
 
-def test_per_channel_beats_per_tensor_on_unequal_rows(minmax: quantcore.Observer) -> None:
+def test_per_channel_beats_per_tensor_on_unequal_rows(minmax: quantcore.plugin.Observer) -> None:
     torch.manual_seed(0)
     weight = torch.randn(32, 64)
     weight[0] *= 100  # one outlier channel
@@ -66,7 +69,9 @@ def test_per_channel_beats_per_tensor_on_unequal_rows(minmax: quantcore.Observer
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_all_zero_rows_round_trip_exactly(minmax: quantcore.Observer, symmetric: bool) -> None:
+def test_all_zero_rows_round_trip_exactly(
+    minmax: quantcore.plugin.Observer, symmetric: bool
+) -> None:
     weight = torch.zeros(4, 8)
     weight[1] = torch.linspace(-1, 1, 8)
     qw = quantize_weight(weight, WeightSpec(Granularity.PER_CHANNEL, symmetric), minmax)
@@ -76,13 +81,13 @@ def test_all_zero_rows_round_trip_exactly(minmax: quantcore.Observer, symmetric:
     assert torch.all(qw.scale > 0)  # type: ignore[operator]
 
 
-def test_extremes_are_represented_exactly_when_symmetric(minmax: quantcore.Observer) -> None:
+def test_extremes_are_represented_exactly_when_symmetric(minmax: quantcore.plugin.Observer) -> None:
     weight = torch.tensor([[-3.0, 0.0, 3.0, 1.5]])
     restored = dequantize_weight(quantize_weight(weight, WeightSpec(), minmax))
     assert restored[0, 0] == -3.0 and restored[0, 2] == 3.0 and restored[0, 1] == 0.0
 
 
-def test_asymmetric_keeps_one_sided_ranges_finer(minmax: quantcore.Observer) -> None:
+def test_asymmetric_keeps_one_sided_ranges_finer(minmax: quantcore.plugin.Observer) -> None:
     torch.manual_seed(0)
     weight = torch.rand(8, 256)  # all positive, as after a ReLU
     sym = dequantize_weight(quantize_weight(weight, WeightSpec(symmetric=True), minmax))
@@ -90,15 +95,17 @@ def test_asymmetric_keeps_one_sided_ranges_finer(minmax: quantcore.Observer) -> 
     assert (asym - weight).abs().max() < (sym - weight).abs().max()
 
 
-def test_tiny_and_denormal_values_give_finite_positive_scales(minmax: quantcore.Observer) -> None:
+def test_tiny_and_denormal_values_give_finite_positive_scales(
+    minmax: quantcore.plugin.Observer,
+) -> None:
     weight = torch.tensor([[1e-40, -1e-42, 0.0], [1e-30, 2e-30, -1e-30]])
     qw = quantize_weight(weight, WeightSpec(), minmax)
     assert torch.all(torch.isfinite(qw.scale)) and torch.all(qw.scale > 0)  # type: ignore[arg-type]
     assert torch.all(torch.isfinite(dequantize_weight(qw)))
 
 
-def test_nan_weight_is_refused_with_a_reason(minmax: quantcore.Observer) -> None:
-    with pytest.raises(quantcore.LayerSkipped, match="NaN or Inf"):
+def test_nan_weight_is_refused_with_a_reason(minmax: quantcore.plugin.Observer) -> None:
+    with pytest.raises(quantcore.plugin.LayerSkipped, match="NaN or Inf"):
         quantize_weight(torch.tensor([[1.0, float("nan")]]), WeightSpec(), minmax)
 
 

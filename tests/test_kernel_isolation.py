@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_PACKAGES = sorted(
@@ -39,21 +42,60 @@ def test_importing_the_kernel_loads_no_plugin_module() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _quantcore_imports(path: Path) -> list[str]:
+    """Every import of quantcore or one of its modules in ``path``, as written."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "quantcore":
+            found += [f"from {node.module} import {a.name}" for a in node.names]
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] == "quantcore"]
+    return found
+
+
 def test_plugins_use_only_the_public_api() -> None:
-    """First-party plugins import `quantcore` (its public names), never the kernel's modules."""
+    """First-party plugins build on `quantcore.plugin` (the plugin-author namespace) and may call
+    the users' API in `quantcore` (the transformers integration quantizes and saves); they import
+    no kernel module, and read no plugin-author name through `quantcore` (deprecated there)."""
+    import quantcore
+
+    allowed = re.compile(
+        r"^(import quantcore|from quantcore import plugin|from quantcore(\.plugin)? import \w+)$"
+    )
     offenders = []
     for path in (ROOT / "plugins").rglob("*.py"):
+        offenders += [
+            f"{path.relative_to(ROOT)}: {line}"
+            for line in _quantcore_imports(path)
+            if not allowed.match(line)
+            or (
+                line.startswith("from quantcore import ")
+                and line.split()[-1] != "plugin"
+                and line.split()[-1] not in quantcore.__all__
+            )
+        ]
         for node in ast.walk(ast.parse(path.read_text())):
             if (
-                isinstance(node, ast.ImportFrom)
-                and node.module
-                and node.module.startswith("quantcore.")
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "quantcore"
+                and node.attr not in quantcore.__all__
             ):
-                offenders.append(f"{path.relative_to(ROOT)}: from {node.module}")
-            if isinstance(node, ast.Import):
-                offenders += [
-                    f"{path.relative_to(ROOT)}: import {a.name}"
-                    for a in node.names
-                    if a.name.startswith("quantcore.")
-                ]
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: quantcore.{node.attr}")
     assert offenders == []
+
+
+def test_user_and_plugin_namespaces() -> None:
+    """`quantcore` holds what users call; `quantcore.plugin` what plugin authors build with. A
+    plugin-author name read from `quantcore` still resolves, with a DeprecationWarning."""
+    import quantcore
+    import quantcore.plugin
+
+    assert not {"Scheme", "hookimpl", "QuantizedModule", "LayerSkipped"} & set(quantcore.__all__)
+    assert {"quantize", "save", "load", "QuantizationResult"} <= set(quantcore.__all__)
+    for name in quantcore.plugin.__all__:
+        assert getattr(quantcore.plugin, name) is not None, name
+    with pytest.warns(DeprecationWarning, match="use quantcore.plugin.Scheme"):
+        assert quantcore.Scheme is quantcore.plugin.Scheme  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        quantcore.no_such_name  # type: ignore[attr-defined]  # noqa: B018

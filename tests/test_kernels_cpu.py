@@ -17,14 +17,14 @@ from quantcore_int8 import kernels_cpu as int8_cpu
 from torch import nn
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, KernelRequest
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest
 
 CPU = torch.device("cpu")
 INT8_FAST = ("int8-linear-fbgemm+onednn", "int8-linear-onednn", "int8-linear-fbgemm")
 
 
 def _request(
-    registry: quantcore.Registry,
+    registry: quantcore.plugin.Registry,
     *,
     out_features: int = 48,
     in_features: int = 96,
@@ -37,7 +37,7 @@ def _request(
     spec = scheme.layer_specs["linear"]
     weight_spec = spec.weight
     if per_tensor:
-        weight_spec = quantcore.WeightSpec(Granularity.PER_TENSOR, observer="minmax")
+        weight_spec = quantcore.plugin.WeightSpec(Granularity.PER_TENSOR, observer="minmax")
     weight = scheme.quantize_weight(
         torch.randn(out_features, in_features), weight_spec, registry.observer("minmax")
     )
@@ -50,12 +50,12 @@ def _request(
     )
 
 
-def _backend(registry: quantcore.Registry, name: str) -> quantcore.KernelBackend:
+def _backend(registry: quantcore.plugin.Registry, name: str) -> quantcore.plugin.KernelBackend:
     (backend,) = (b for b in registry.kernel_backends if b.name == name)
     return backend
 
 
-def _skip_unless_serves(backend: quantcore.KernelBackend, request: KernelRequest) -> None:
+def _skip_unless_serves(backend: quantcore.plugin.KernelBackend, request: KernelRequest) -> None:
     if not (backend.is_available() and backend.supports(request)):
         pytest.skip(f"{backend.name} is not available on this machine")
 
@@ -385,14 +385,14 @@ def test_a_graph_handle_leads_back_to_its_kernel_while_the_kernel_lives() -> Non
         pass
 
     kernel = Kernel()
-    handle = quantcore.graph_handle(kernel, (48,))
+    handle = quantcore.plugin.graph_handle(kernel, (48,))
     assert handle.shape == (48, 0) and handle.numel() == 0
-    assert quantcore.kernel_of_handle(handle) is kernel
+    assert quantcore.plugin.kernel_of_handle(handle) is kernel
     del kernel
     with pytest.raises(RuntimeError, match="outlived the quantized layer"):
-        quantcore.kernel_of_handle(handle)
+        quantcore.plugin.kernel_of_handle(handle)
     with pytest.raises(RuntimeError, match="not a live quantcore graph handle"):
-        quantcore.kernel_of_handle(torch.empty(48, 0))
+        quantcore.plugin.kernel_of_handle(torch.empty(48, 0))
 
 
 @pytest.mark.parametrize("dtype", ["int8", "fp16"])

@@ -19,7 +19,7 @@ from quantcore_int8.quantization import activation_range
 from torch import nn
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, KernelRequest
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest
 
 CPU = torch.device("cpu")
 
@@ -80,11 +80,11 @@ def _layer(
     weight = weight.to(torch.int8)
     scale = torch.rand(out_features, generator=generator) * 0.01 + 1e-3
     bias_values = torch.randn(out_features, generator=generator) if bias else None
-    spec = quantcore.WeightSpec(Granularity.PER_CHANNEL, symmetric=True, axis=0)
+    spec = quantcore.plugin.WeightSpec(Granularity.PER_CHANNEL, symmetric=True, axis=0)
     activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric, bits=bits or None)
     request = KernelRequest(
         "linear",
-        quantcore.QuantizedWeight("int8", weight, scale=scale, spec=spec),
+        quantcore.plugin.QuantizedWeight("int8", weight, scale=scale, spec=spec),
         bias_values,
         activation,
         CPU,
@@ -325,7 +325,9 @@ def _fp16_kernel(
     generator = torch.Generator().manual_seed(in_features)
     weight = (torch.randn(out_features, in_features, generator=generator) * 0.1).half()
     bias = torch.randn(out_features, generator=generator)
-    request = KernelRequest("linear", quantcore.QuantizedWeight("fp16", weight), bias, None, CPU)
+    request = KernelRequest(
+        "linear", quantcore.plugin.QuantizedWeight("fp16", weight), bias, None, CPU
+    )
     assert fp16_native.supports_native_fp16(request)
     return fp16_native.NativeFp16Linear(request), weight, bias
 

@@ -1,4 +1,4 @@
-"""A layer whose kernel keeps a packed copy of the weight (quantcore.PackedWeightKernel) drops
+"""A layer whose kernel keeps a packed copy of the weight (quantcore.plugin.PackedWeightKernel) drops
 its plain copy at run time, so the weight is in memory once; everything that reads the plain
 weight (state dict, saving, float view, moves, copies, loads, requantizing) still gets the same
 values."""
@@ -34,7 +34,7 @@ def _quantized(dtype: str) -> nn.Module:
     module = quantcore.quantize(_model(), dtype).module
     assert module is not None
     kernel = module[0]._kernel
-    if not isinstance(kernel, quantcore.PackedWeightKernel):
+    if not isinstance(kernel, quantcore.plugin.PackedWeightKernel):
         pytest.skip(f"{module[0].kernel_name} keeps no packed copy on this machine")
     if dtype == "int8" and not int8_cpu.fbgemm_unpack_available():
         pytest.skip("this torch cannot unpack fbgemm's int8 weights")

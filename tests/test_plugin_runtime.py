@@ -49,47 +49,49 @@ class ScaledLinear(nn.Module):
         return self.alpha * F.linear(x, self.weight)
 
 
-class QuantizedScaledLinear(quantcore.QuantizedModule):
+class QuantizedScaledLinear(quantcore.plugin.QuantizedModule):
     """ScaledLinear on the runtime: its weight runs through the scheme's "linear" kernels."""
 
-    def __init__(self, weight: quantcore.QuantizedWeight, alpha: torch.Tensor, ctx: object) -> None:
-        assert isinstance(ctx, quantcore.ConversionContext)
+    def __init__(
+        self, weight: quantcore.plugin.QuantizedWeight, alpha: torch.Tensor, ctx: object
+    ) -> None:
+        assert isinstance(ctx, quantcore.plugin.ConversionContext)
         super().__init__("linear", ctx.kernel_candidates("linear"))
         self.weight_format, self.weight_spec = weight.format, weight.spec
         self.activation = ctx.spec.activation
-        quantcore.register_weight(self, weight)
+        quantcore.plugin.register_weight(self, weight)
         self.register_buffer("alpha", alpha)
         self._prepare_kernel()
 
-    def _kernel_request(self) -> quantcore.KernelRequest:
-        return quantcore.kernel_request(self, "linear")
+    def _kernel_request(self) -> quantcore.plugin.KernelRequest:
+        return quantcore.plugin.kernel_request(self, "linear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.alpha * self._call_kernel(x)
 
 
-def _convert_gate(module: nn.Module, ctx: quantcore.ConversionContext) -> nn.Module:
+def _convert_gate(module: nn.Module, ctx: quantcore.plugin.ConversionContext) -> nn.Module:
     assert isinstance(module, Gate)
     return QuantizedGate(ctx.delegate(module.proj))
 
 
-def _convert_scaled(module: nn.Module, ctx: quantcore.ConversionContext) -> nn.Module:
+def _convert_scaled(module: nn.Module, ctx: quantcore.plugin.ConversionContext) -> nn.Module:
     assert isinstance(module, ScaledLinear)
     weight = ctx.quantize_weight(module.weight)
     return QuantizedScaledLinear(weight, ctx.clone(module.alpha.detach()), ctx)
 
 
 class ThirdParty:
-    @quantcore.hookimpl
-    def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
-        yield quantcore.LayerMapper(
+    @quantcore.plugin.hookimpl
+    def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
+        yield quantcore.plugin.LayerMapper(
             name="gate",
             layer_kind="linear",
             matches=lambda m: isinstance(m, Gate),
             convert=_convert_gate,
-            priority=quantcore.Priority.PREFERRED,
+            priority=quantcore.plugin.Priority.PREFERRED,
         )
-        yield quantcore.LayerMapper(
+        yield quantcore.plugin.LayerMapper(
             name="scaled_linear",
             layer_kind="linear",
             matches=lambda m: isinstance(m, ScaledLinear),
@@ -131,7 +133,7 @@ def test_third_party_layers_quantize_save_and_load(
         assert lines[name].status == "quantized", lines[name]
         assert (lines[name].kernel or "").startswith(f"{dtype}-linear"), lines[name]
     assert result.module is not None
-    assert isinstance(result.module.gate.proj, quantcore.QuantizedLinear)
+    assert isinstance(result.module.gate.proj, quantcore.plugin.QuantizedLinear)
     with torch.no_grad():
         got, expected = result.module(x), model(x)
     assert float((got - expected).norm() / expected.norm()) < 0.03
@@ -158,14 +160,14 @@ def test_delegate_without_a_mapper_skips_the_layer() -> None:
 
 def test_delegate_never_hands_a_layer_back_to_its_own_mapper() -> None:
     class Selfish:
-        @quantcore.hookimpl
-        def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
-            yield quantcore.LayerMapper(
+        @quantcore.plugin.hookimpl
+        def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
+            yield quantcore.plugin.LayerMapper(
                 name="selfish",
                 layer_kind="linear",
                 matches=lambda m: isinstance(m, nn.Linear),
                 convert=lambda m, ctx: ctx.delegate(m),
-                priority=quantcore.Priority.PREFERRED,
+                priority=quantcore.plugin.Priority.PREFERRED,
             )
 
     manager = quantcore.create_plugin_manager()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 import quantcore
-from quantcore import Granularity, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore.plugin import Granularity, LayerSpec, QuantizedWeight, WeightSpec
 
 def quantize_weight(weight, spec, observer):
     # "toy" format: weights rounded to one decimal, kept in float32
@@ -30,18 +30,18 @@ def prepare(request):
     weight, bias = request.weight.data, request.bias
     return lambda x: F.linear(x, weight, bias)
 
-@quantcore.hookimpl
+@quantcore.plugin.hookimpl
 def quantcore_schemes():
-    yield quantcore.Scheme(
+    yield quantcore.plugin.Scheme(
         name="toy", weight_format="toy",
         layer_specs={"linear": LayerSpec(WeightSpec(Granularity.NONE, observer=None))},
         quantize_weight=quantize_weight, dequantize_weight=lambda w: w.data,
         description="rounds weights to one decimal",
     )
 
-@quantcore.hookimpl
+@quantcore.plugin.hookimpl
 def quantcore_kernel_backends():
-    yield quantcore.KernelBackend(name="toy-linear", op="linear", weight_format="toy",
+    yield quantcore.plugin.KernelBackend(name="toy-linear", op="linear", weight_format="toy",
                                   prepare=prepare, reference=True)
 """
 
@@ -80,7 +80,7 @@ def test_builtin_entry_points_are_in_installed_metadata() -> None:
 
 def test_discovery_imports_nothing(site: Path) -> None:
     install_fake_dist(site, "fake-lazy", "fake_lazy", "raise RuntimeError('imported!')", "lazy")
-    candidates = {c.name: c for c in quantcore.discover_plugins()}
+    candidates = {c.name: c for c in quantcore.plugin.discover_plugins()}
     assert candidates["lazy"].distribution == "fake-lazy" and not candidates["lazy"].first_party
     assert candidates["int8"].first_party
     assert "fake_lazy" not in sys.modules
@@ -126,7 +126,9 @@ def test_strict_mode_turns_a_broken_plugin_into_an_error(site: Path) -> None:
 
 
 def test_first_party_failure_is_an_error() -> None:
-    candidate = quantcore.PluginCandidate("int8", "quantcore_missing_module", "quantcore", "0")
+    candidate = quantcore.plugin.PluginCandidate(
+        "int8", "quantcore_missing_module", "quantcore", "0"
+    )
     with pytest.raises(quantcore.PluginLoadError, match="quantcore_missing_module"):
         quantcore.create_plugin_manager(candidates=[candidate])
 
@@ -169,14 +171,14 @@ def _plugin(hook: str, items: object) -> object:
         return items
 
     impl.__name__ = hook
-    namespace[hook] = quantcore.hookimpl(impl)
+    namespace[hook] = quantcore.plugin.hookimpl(impl)
     return type("InlinePlugin", (), {k: staticmethod(v) for k, v in namespace.items()})
 
 
 def test_duplicate_names_are_an_error_naming_both(
     plugin_manager: quantcore.QuantcorePluginManager,
 ) -> None:
-    observer = quantcore.Observer(name="minmax", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
+    observer = quantcore.plugin.Observer(name="minmax", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
     plugin_manager.register_plugin(
         _plugin("quantcore_observers", [observer]), "copycat", distribution="copycat-dist"
     )
@@ -194,7 +196,7 @@ def test_malformed_registration_is_reported_and_skipped(
         _plugin("quantcore_schemes", ["not a scheme"]), "sloppy", distribution="sloppy-dist"
     )
     with pytest.warns(
-        quantcore.PluginLoadWarning, match="sloppy.*yielded str, expected quantcore.Scheme"
+        quantcore.PluginLoadWarning, match="sloppy.*yielded str, expected quantcore.plugin.Scheme"
     ):
         registry = plugin_manager.registry()
     assert set(registry.schemes) == {"int8", "fp16"}
@@ -226,13 +228,13 @@ def test_hook_that_raises_is_reported_with_plugin_and_distribution(
 
 
 def test_registration_records_are_frozen_and_validated() -> None:
-    observer = quantcore.Observer(name="x", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
+    observer = quantcore.plugin.Observer(name="x", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(AttributeError):
         observer.name = "y"  # type: ignore[misc]
     with pytest.raises(ValueError, match="non-empty"):
-        quantcore.Observer(name="", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
+        quantcore.plugin.Observer(name="", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="exactly one of convert= or keep_reason="):
-        quantcore.LayerMapper(name="m", layer_kind="k", matches=lambda m: True)
+        quantcore.plugin.LayerMapper(name="m", layer_kind="k", matches=lambda m: True)
 
 
 def test_managers_share_no_state() -> None:

@@ -20,7 +20,7 @@ def _fresh(strict: bool = False) -> quantcore.QuantcorePluginManager:
 class Misspelt:
     """A plugin whose author wrote quantcore_scheme (no s): pluggy alone registers it silently."""
 
-    @quantcore.hookimpl
+    @quantcore.plugin.hookimpl
     def quantcore_scheme(self) -> Iterator[object]:
         yield from ()
 
@@ -44,19 +44,19 @@ def test_misspelt_hook_is_an_error_in_strict_mode() -> None:
     manager.check_pending()
 
 
-def _int8(registry: quantcore.Registry) -> quantcore.Scheme:
+def _int8(registry: quantcore.plugin.Registry) -> quantcore.plugin.Scheme:
     return registry.scheme("int8")
 
 
 class CopyScheme:
     """int8 under another name, with whatever else a test changes."""
 
-    def __init__(self, base: quantcore.Scheme, **changes: object) -> None:
+    def __init__(self, base: quantcore.plugin.Scheme, **changes: object) -> None:
         fields = {"aliases": (), "torch_dtypes": (), "default": False, **changes}
         self.scheme = dataclasses.replace(base, **fields)  # type: ignore[arg-type]
 
-    @quantcore.hookimpl
-    def quantcore_schemes(self) -> Iterator[quantcore.Scheme]:
+    @quantcore.plugin.hookimpl
+    def quantcore_schemes(self) -> Iterator[quantcore.plugin.Scheme]:
         yield self.scheme
 
 
@@ -112,8 +112,8 @@ def test_unknown_torch_dtype_lists_the_accepted_ones() -> None:
     assert "torch.qint8 (int8)" in str(info.value) and "torch.float16 (fp16)" in str(info.value)
 
 
-def _backend(name: str, reference: bool, fmt: str = "int8") -> quantcore.KernelBackend:
-    return quantcore.KernelBackend(
+def _backend(name: str, reference: bool, fmt: str = "int8") -> quantcore.plugin.KernelBackend:
+    return quantcore.plugin.KernelBackend(
         name=name,
         op="linear",
         weight_format=fmt,
@@ -123,11 +123,11 @@ def _backend(name: str, reference: bool, fmt: str = "int8") -> quantcore.KernelB
 
 
 class Backends:
-    def __init__(self, *backends: quantcore.KernelBackend) -> None:
+    def __init__(self, *backends: quantcore.plugin.KernelBackend) -> None:
         self.backends = backends
 
-    @quantcore.hookimpl
-    def quantcore_kernel_backends(self) -> Iterator[quantcore.KernelBackend]:
+    @quantcore.plugin.hookimpl
+    def quantcore_kernel_backends(self) -> Iterator[quantcore.plugin.KernelBackend]:
         yield from self.backends
 
 
@@ -174,7 +174,7 @@ def test_every_builtin_op_and_format_has_exactly_one_reference() -> None:
 
 def test_an_op_whose_layers_are_the_reference_needs_no_reference_backend() -> None:
     manager = _fresh(strict=True)
-    backend = quantcore.KernelBackend(
+    backend = quantcore.plugin.KernelBackend(
         name="fast-sequence",
         op="my-sequence",
         weight_format="int8",
@@ -184,28 +184,32 @@ def test_an_op_whose_layers_are_the_reference_needs_no_reference_backend() -> No
     manager.register_plugin(Backends(backend), "mine")
     assert "fast-sequence" in {b.name for b in manager.registry().kernel_backends}
     with pytest.raises(ValueError, match="exclude each other"):
-        quantcore.KernelBackend(
+        quantcore.plugin.KernelBackend(
             name="x", op="o", weight_format="f", prepare=lambda r: None,  # type: ignore[arg-type,return-value]
             reference=True, layer_reference=True,
         )  # fmt: skip
 
 
 def test_priorities_are_integers_on_a_named_scale() -> None:
-    assert quantcore.Priority.FALLBACK < quantcore.Priority.DEFAULT < quantcore.Priority.BUILTIN
-    assert quantcore.Priority.BUILTIN < quantcore.Priority.PREFERRED
+    assert (
+        quantcore.plugin.Priority.FALLBACK
+        < quantcore.plugin.Priority.DEFAULT
+        < quantcore.plugin.Priority.BUILTIN
+    )
+    assert quantcore.plugin.Priority.BUILTIN < quantcore.plugin.Priority.PREFERRED
     with pytest.raises(TypeError, match="priority must be an integer"):
-        quantcore.LayerMapper(
+        quantcore.plugin.LayerMapper(
             name="m",
             layer_kind="k",
             matches=lambda m: True,
             keep_reason="x",
             priority="high",  # type: ignore[arg-type]
         )
-    mapper = quantcore.LayerMapper(
+    mapper = quantcore.plugin.LayerMapper(
         name="m",
         layer_kind="k",
         matches=lambda m: True,
         keep_reason="x",
-        priority=quantcore.Priority.PREFERRED,
+        priority=quantcore.plugin.Priority.PREFERRED,
     )
     assert mapper.priority == 200

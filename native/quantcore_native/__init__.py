@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from quantcore import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
+from quantcore.plugin import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
 
 if TYPE_CHECKING:
     from quantcore_native import _C
@@ -86,9 +86,9 @@ class LinearKernel:
 
     The packed copy is made on the first call (quantizing a model never pays for packing) and
     gives the exact plain weight back, so once it exists the layer may drop its own plain copy
-    (quantcore.PackedWeightKernel). A call is one native op; an input that needs gradients takes
+    (quantcore.plugin.PackedWeightKernel). A call is one native op; an input that needs gradients takes
     the subclass's differentiable reference math instead, and under ``torch.compile`` the call
-    enters the graph as one opaque op (quantcore.call_in_graph) running the eager call.
+    enters the graph as one opaque op (quantcore.plugin.call_in_graph) running the eager call.
     """
 
     def __init__(self, request: KernelRequest) -> None:

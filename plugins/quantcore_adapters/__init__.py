@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import quantcore
+from quantcore import plugin
 from quantcore_adapters.files import adapt_path, explain_path, is_path
 from quantcore_adapters.modules import adapt_module, is_module
 from quantcore_adapters.state_dicts import (
@@ -19,37 +19,37 @@ from quantcore_adapters.state_dicts import (
 )
 
 
-@quantcore.hookimpl
-def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
-    yield quantcore.InputAdapter(
+@plugin.hookimpl
+def quantcore_input_adapters() -> Iterator[plugin.InputAdapter]:
+    yield plugin.InputAdapter(
         name="module",
         accepts=is_module,
         adapt=adapt_module,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="a torch.nn.Module (DataParallel/DDP/torch.compile wrappers are unwrapped)",
     )
-    yield quantcore.InputAdapter(
+    yield plugin.InputAdapter(
         name="state_dict",
         accepts=is_state_dict,
         adapt=adapt_state_dict_object,
-        priority=90,
+        priority=plugin.Priority.BUILTIN - 10,
         description="a state dict: a mapping of str names to tensors",
         explain=explain_state_dict,
     )
-    yield quantcore.InputAdapter(
+    yield plugin.InputAdapter(
         name="checkpoint",
         accepts=is_checkpoint,
         adapt=adapt_checkpoint_object,
-        priority=80,
+        priority=plugin.Priority.BUILTIN - 20,
         description="a checkpoint dict holding the state dict under 'state_dict', "
         "'model_state_dict' or 'model'",
         explain=explain_checkpoint,
     )
-    yield quantcore.InputAdapter(
+    yield plugin.InputAdapter(
         name="file",
         accepts=is_path,
         adapt=adapt_path,
-        priority=70,
+        priority=plugin.Priority.BUILTIN - 30,
         description="a path (str or pathlib.Path) to a .pt/.pth/.bin/.safetensors checkpoint, "
         "a *.index.json shard index, or a folder holding one",
         explain=explain_path,

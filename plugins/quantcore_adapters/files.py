@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-import quantcore
+from quantcore import plugin
 from quantcore_adapters.state_dicts import (
     adapt_checkpoint_object,
     adapt_state_dict_object,
@@ -46,8 +46,8 @@ def explain_path(obj: object) -> str | None:
     return None
 
 
-def _already_quantized(path: Path) -> quantcore.QuantcoreError:
-    return quantcore.CheckpointError(
+def _already_quantized(path: Path) -> plugin.QuantcoreError:
+    return plugin.CheckpointError(
         f"{path} was written by quantcore and is already quantized; load it with "
         "quantcore.load(path, skeleton) or look inside with `quantcore inspect`"
     )
@@ -58,9 +58,9 @@ def _resolve(path: Path) -> Path:
     try:
         exists = path.exists()
     except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
-        raise quantcore.CheckpointError(f"{str(path)[:200]!r}: not a usable path ({exc})") from None
+        raise plugin.CheckpointError(f"{str(path)[:200]!r}: not a usable path ({exc})") from None
     if not exists:
-        raise quantcore.CheckpointError(f"{path}: no such file or folder")
+        raise plugin.CheckpointError(f"{path}: no such file or folder")
     if not path.is_dir():
         return path
     indexes = sorted(path.glob("*" + INDEX_SUFFIX))
@@ -74,31 +74,31 @@ def _resolve(path: Path) -> Path:
     if len(indexes) == 0 and len(weights) == 1:
         return weights[0]
     found = [p.name for p in (*indexes, *weights)]
-    raise quantcore.CheckpointError(
+    raise plugin.CheckpointError(
         f"{path} is a folder holding {', '.join(found) if found else 'no checkpoint file'}; "
         "pass the file (or the *.index.json shard index) to quantize"
     )
 
 
-def adapt_path(obj: object) -> quantcore.AdaptedInput:
+def adapt_path(obj: object) -> plugin.AdaptedInput:
     assert isinstance(obj, (str, os.PathLike))
     path = _resolve(Path(obj))
     if path.name.endswith(".json"):
         return adapt_index(path)
-    checkpoint = quantcore.read_checkpoint(path)
+    checkpoint = plugin.read_checkpoint(path)
     if _is_quantcore(checkpoint):
         raise _already_quantized(path)
     return adapt_loaded(checkpoint.content, path)
 
 
-def _is_quantcore(checkpoint: quantcore.CheckpointFile) -> bool:
+def _is_quantcore(checkpoint: plugin.CheckpointFile) -> bool:
     content = checkpoint.content
     return "quantcore" in checkpoint.metadata or (
         isinstance(content, Mapping) and content.get("format") == "quantcore"
     )
 
 
-def adapt_loaded(content: object, path: Path) -> quantcore.AdaptedInput:
+def adapt_loaded(content: object, path: Path) -> plugin.AdaptedInput:
     """What a file held, through the same recovery as an in-memory object."""
     source = f"file {path.name}"
     if is_state_dict(content):
@@ -109,7 +109,7 @@ def adapt_loaded(content: object, path: Path) -> quantcore.AdaptedInput:
     if isinstance(content, Mapping):
         keys = ", ".join(repr(k) for k in list(content)[:8])
         what += f" with keys {keys}"
-    raise quantcore.CheckpointError(
+    raise plugin.CheckpointError(
         f"{path} holds {what}, not a state dict: quantcore needs a mapping of names to tensors, "
         "or a checkpoint dict with one under 'state_dict', 'model_state_dict' or 'model'"
     )
@@ -138,28 +138,28 @@ def group_keys(keys: Sequence[str]) -> dict[str, str]:
 
 def _load_tensors(path: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
     if path.suffix == SAFETENSORS_SUFFIX:
-        checkpoint = quantcore.read_checkpoint(path)  # raises the extra's hint if missing
+        checkpoint = plugin.read_checkpoint(path)  # raises the extra's hint if missing
     else:
-        checkpoint = quantcore.read_checkpoint(path, mmap=True)
+        checkpoint = plugin.read_checkpoint(path, mmap=True)
     content = checkpoint.content
     if not is_state_dict(content):
-        raise quantcore.CheckpointError(f"shard {path} does not hold a state dict of tensors")
+        raise plugin.CheckpointError(f"shard {path} does not hold a state dict of tensors")
     assert isinstance(content, Mapping)
     missing = [k for k in keys if k not in content]
     if missing:
-        raise quantcore.CheckpointError(
+        raise plugin.CheckpointError(
             f"shard {path} lacks tensor(s) its index assigns to it: {', '.join(missing[:5])}"
         )
     return {k: content[k] for k in keys}
 
 
-def adapt_index(path: Path) -> quantcore.AdaptedInput:
-    raw = quantcore.read_index(path)
+def adapt_index(path: Path) -> plugin.AdaptedInput:
+    raw = plugin.read_index(path)
     meta = raw.get("metadata")
     if isinstance(meta, Mapping) and "quantcore" in meta:
         raise _already_quantized(path)
     weight_map: dict[str, str] = raw["weight_map"]
-    files = quantcore.shard_paths(path, sorted(set(weight_map.values())))  # in shard order
+    files = plugin.shard_paths(path, sorted(set(weight_map.values())))  # in shard order
     keys = list(weight_map)
     groups = group_keys(keys)
     home: dict[str, str] = {}
@@ -170,7 +170,7 @@ def adapt_index(path: Path) -> quantcore.AdaptedInput:
         assigned[home[groups[key]]].append(key)
     moved = sum(1 for key in keys if home[groups[key]] != weight_map[key])
 
-    def loader(keys_here: list[str]) -> quantcore.StateDictShard:
+    def loader(keys_here: list[str]) -> plugin.StateDictShard:
         by_file: dict[str, list[str]] = {}
         for key in keys_here:
             by_file.setdefault(weight_map[key], []).append(key)
@@ -182,13 +182,13 @@ def adapt_index(path: Path) -> quantcore.AdaptedInput:
                 tensors.update(_load_tensors(files[file_name], file_keys))
             return {k: tensors[k] for k in keys_here}
 
-        return quantcore.StateDictShard(shard_name, load, files[shard_name].stat().st_size)
+        return plugin.StateDictShard(shard_name, load, files[shard_name].stat().st_size)
 
     shards = tuple(loader(ks) for ks in assigned.values() if ks)
     notes = [f"sharded checkpoint: {len(shards)} shard(s), quantized one at a time"]
     if moved:
         notes.append(f"{moved} tensor(s) quantized with another shard to keep their layer whole")
-    return quantcore.AdaptedInput(
+    return plugin.AdaptedInput(
         shards=shards,
         description=f"sharded checkpoint {path.name} ({len(keys)} tensors in {len(files)} files)",
         notes=tuple(notes),

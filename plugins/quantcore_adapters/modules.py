@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.fx
 from torch import nn
 
-import quantcore
+from quantcore import plugin
 
 
 def _wrapped(module: nn.Module) -> tuple[nn.Module, str] | None:
@@ -36,10 +36,10 @@ def is_module(obj: object) -> bool:
     return isinstance(obj, nn.Module)
 
 
-def adapt_module(obj: object) -> quantcore.AdaptedInput:
+def adapt_module(obj: object) -> plugin.AdaptedInput:
     assert isinstance(obj, nn.Module)
     module, notes = unwrap(obj)
     kind = type(module).__name__
     if isinstance(module, torch.fx.GraphModule):
         kind = f"GraphModule (torch.fx trace of {kind})"
-    return quantcore.AdaptedInput(module=module, description=f"module {kind}", notes=notes)
+    return plugin.AdaptedInput(module=module, description=f"module {kind}", notes=notes)

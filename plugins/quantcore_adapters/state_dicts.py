@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-import quantcore
+from quantcore import plugin
 from quantcore_adapters.modules import unwrap
 
 # Keys under which training scripts store the model's state dict, tried in this order.
@@ -46,11 +46,11 @@ def strip_prefixes(
     return state_dict, tuple(notes)
 
 
-def adapt_state_dict_object(obj: object, source: str = "") -> quantcore.AdaptedInput:
+def adapt_state_dict_object(obj: object, source: str = "") -> plugin.AdaptedInput:
     assert isinstance(obj, Mapping)
     state_dict, notes = strip_prefixes(obj)
     where = f"{source}: " if source else ""
-    return quantcore.AdaptedInput(
+    return plugin.AdaptedInput(
         state_dict=state_dict,
         description=f"{where}state dict with {len(state_dict)} tensors",
         notes=notes,
@@ -75,7 +75,7 @@ def is_checkpoint(obj: object) -> bool:
     return not is_state_dict(obj) and find_wrapped(obj) is not None
 
 
-def adapt_checkpoint_object(obj: object, source: str = "") -> quantcore.AdaptedInput:
+def adapt_checkpoint_object(obj: object, source: str = "") -> plugin.AdaptedInput:
     found = find_wrapped(obj)
     assert found is not None and isinstance(obj, Mapping)
     inner, path = found
@@ -88,13 +88,13 @@ def adapt_checkpoint_object(obj: object, source: str = "") -> quantcore.AdaptedI
     )
     if isinstance(inner, nn.Module):
         module, notes = unwrap(inner)
-        return quantcore.AdaptedInput(
+        return plugin.AdaptedInput(
             module=module,
             description=f"module {type(module).__name__} from a checkpoint",
             notes=(note, *notes),
         )
     adapted = adapt_state_dict_object(inner, source)
-    return quantcore.AdaptedInput(
+    return plugin.AdaptedInput(
         state_dict=adapted.state_dict,
         description=f"{adapted.description} (from checkpoint entry {location})",
         notes=(note, *adapted.notes),

@@ -10,8 +10,8 @@ import quantcore_native
 import torch
 import torch.nn.functional as F
 
-import quantcore
-from quantcore import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore import plugin
+from quantcore.plugin import Granularity, KernelRequest, LayerSpec, QuantizedWeight, WeightSpec
 from quantcore_fp16 import kernels_cpu, kernels_cuda, kernels_native
 from quantcore_fp16.kernels_conv import prepare_reference_conv
 from quantcore_fp16.kernels_embedding import (
@@ -46,14 +46,14 @@ LAYER_SPECS = {
 
 
 def quantize_weight(
-    weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
+    weight: torch.Tensor, spec: WeightSpec, observer: plugin.Observer | None
 ) -> QuantizedWeight:
     # one pass without temporaries: NaN propagates through aminmax, so finite ends mean all finite
     low, high = (float(v) for v in torch.aminmax(weight.detach()))
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise quantcore.LayerSkipped("weight contains NaN or Inf")
+        raise plugin.LayerSkipped("weight contains NaN or Inf")
     if max(-low, high) > _FP16_MAX:
-        raise quantcore.LayerSkipped(f"weight values exceed the float16 range (±{_FP16_MAX:g})")
+        raise plugin.LayerSkipped(f"weight values exceed the float16 range (±{_FP16_MAX:g})")
     return QuantizedWeight(FORMAT, weight.to(torch.float16), spec=spec)
 
 
@@ -70,9 +70,9 @@ def prepare_reference_linear(request: KernelRequest) -> Callable[[torch.Tensor],
     return linear
 
 
-@quantcore.hookimpl
-def quantcore_schemes() -> Iterator[quantcore.Scheme]:
-    yield quantcore.Scheme(
+@plugin.hookimpl
+def quantcore_schemes() -> Iterator[plugin.Scheme]:
+    yield plugin.Scheme(
         name="fp16",
         weight_format=FORMAT,
         layer_specs=LAYER_SPECS,
@@ -84,9 +84,9 @@ def quantcore_schemes() -> Iterator[quantcore.Scheme]:
     )
 
 
-@quantcore.hookimpl
-def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
-    yield quantcore.KernelBackend(
+@plugin.hookimpl
+def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
+    yield plugin.KernelBackend(
         name="fp16-linear-reference",
         op="linear",
         weight_format=FORMAT,
@@ -99,7 +99,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         ("embedding_bag", prepare_reference_embedding_bag, "upcast the rows of the call, reduce"),
         ("conv", prepare_reference_conv, "upcast float16 weights, float convolution"),
     ):
-        yield quantcore.KernelBackend(
+        yield plugin.KernelBackend(
             name=f"fp16-{op.replace('_', '-')}-reference",
             op=op,
             weight_format=FORMAT,
@@ -107,7 +107,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             reference=True,
             description=what,
         )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="fp16-linear-cuda",
         op="linear",
         weight_format=FORMAT,
@@ -117,7 +117,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         priority=200,
         description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="fp16-linear-native",
         op="linear",
         weight_format=FORMAT,
@@ -131,7 +131,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             f"weight + float GEMM otherwise"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="fp16-recurrent-native",
         op="recurrent",
         weight_format=FORMAT,
@@ -145,7 +145,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             "call over its fp16-linear-native pieces"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="fp16-linear-fbgemm+upcast",
         op="linear",
         weight_format=FORMAT,

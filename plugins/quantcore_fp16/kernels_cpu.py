@@ -9,12 +9,12 @@ cheap next to the GEMM, and MKL's float32 GEMM beats fbgemm's (the whole of all-
 float32 product of the same float16 weight values; only summation order differs.
 
 Under ``torch.compile`` a call that fbgemm serves enters the graph whole, as one opaque op
-(``quantcore.call_in_graph`` with the kernel's graph handle): the packed weight is a script
+(``quantcore.plugin.call_in_graph`` with the kernel's graph handle): the packed weight is a script
 object, which graphs cannot hold. (Widening the weight inside the graph instead took 1.1-1.9x
 fbgemm's time at 16-128 tokens on all-MiniLM-L6-v2's layers.)
 
 Memory: once the fbgemm pack exists, it is the layer's only copy (the plain weight is released,
-quantcore.PackedWeightKernel) until the layer serves a call of many tokens; then a plain copy
+quantcore.plugin.PackedWeightKernel) until the layer serves a call of many tokens; then a plain copy
 comes back, once (unpacking costs several times the widening), and stays beside the pack.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
+from quantcore.plugin import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
 
 # Calls with at most this many tokens use the fbgemm fp16 kernel; more widen the weight.
 FBGEMM_FP16_MAX_TOKENS = 1024
@@ -64,7 +64,7 @@ def supports_fbgemm_fp16(request: KernelRequest) -> bool:
 
 class _Fp16Linear:
     """One layer's prepared fp16 linear; the fbgemm packing is made on the first few-token call.
-    From then on the packed copy can be the only one (quantcore.PackedWeightKernel): fbgemm gives
+    From then on the packed copy can be the only one (quantcore.plugin.PackedWeightKernel): fbgemm gives
     the float16 values back exactly, for the layer's state dict or a first call of many tokens."""
 
     def __init__(self, request: KernelRequest) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest
+from quantcore.plugin import KernelRequest
 
 
 def cuda_available() -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest
+from quantcore.plugin import KernelRequest
 
 
 def prepare_reference_embedding(request: KernelRequest) -> Callable[[torch.Tensor], torch.Tensor]:

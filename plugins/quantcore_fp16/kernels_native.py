@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
 
-from quantcore import KernelRequest
+from quantcore.plugin import KernelRequest
 from quantcore_fp16.kernels_cpu import FBGEMM_FP16_MAX_TOKENS
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import quantcore_native
 import torch
 
-import quantcore
-from quantcore import ActivationSpec, Granularity, LayerSpec, WeightSpec
+from quantcore import plugin
+from quantcore.plugin import ActivationSpec, Granularity, LayerSpec, WeightSpec
 from quantcore_int8 import kernels_cpu, kernels_cuda, kernels_native
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
@@ -84,9 +84,9 @@ LAYER_SPECS = {
 }
 
 
-@quantcore.hookimpl
-def quantcore_schemes() -> Iterator[quantcore.Scheme]:
-    yield quantcore.Scheme(
+@plugin.hookimpl
+def quantcore_schemes() -> Iterator[plugin.Scheme]:
+    yield plugin.Scheme(
         name="int8",
         weight_format=FORMAT,
         layer_specs=LAYER_SPECS,
@@ -99,9 +99,9 @@ def quantcore_schemes() -> Iterator[quantcore.Scheme]:
     )
 
 
-@quantcore.hookimpl
-def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
-    yield quantcore.KernelBackend(
+@plugin.hookimpl
+def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
+    yield plugin.KernelBackend(
         name="int8-linear-reference",
         op="linear",
         weight_format=FORMAT,
@@ -109,7 +109,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         reference=True,
         description="dequantize weights, fake-quantize inputs, float matmul (correctness oracle)",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-embedding-reference",
         op="embedding",
         weight_format=FORMAT,
@@ -118,7 +118,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         reference=True,
         description="gather int8 rows, dequantize them, float lookup",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-embedding-bag-reference",
         op="embedding_bag",
         weight_format=FORMAT,
@@ -127,7 +127,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         reference=True,
         description="dequantize the distinct rows of the call, float embedding_bag",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-conv-reference",
         op="conv",
         weight_format=FORMAT,
@@ -136,7 +136,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         reference=True,
         description="dequantize weights, fake-quantize inputs, float convolution",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-cuda-triton",
         op="linear",
         weight_format=FORMAT,
@@ -149,7 +149,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             "epilogue; int8 weights dequantized in registers for up to 16 tokens"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-cuda-eager",
         op="linear",
         weight_format=FORMAT,
@@ -160,7 +160,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
     )
     # Fast CPU kernels, most preferred first; each computes exactly what the reference does.
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-native",
         op="linear",
         weight_format=FORMAT,
@@ -173,7 +173,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             "fbgemm int8 GEMM and the rescale epilogue"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-recurrent-native",
         op="recurrent",
         weight_format=FORMAT,
@@ -187,7 +187,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             "call over its int8-linear-native pieces"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-fbgemm+onednn",
         op="linear",
         weight_format=FORMAT,
@@ -200,7 +200,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
             f"{kernels_cpu.FBGEMM_MAX_TOKENS} tokens, oneDNN int8 GEMM above"
         ),
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-onednn",
         op="linear",
         weight_format=FORMAT,
@@ -210,7 +210,7 @@ def quantcore_kernel_backends() -> Iterator[quantcore.KernelBackend]:
         priority=20,
         description="CPU: oneDNN int8 GEMM (torch.ops.onednn.qlinear_pointwise), per-token scales",
     )
-    yield quantcore.KernelBackend(
+    yield plugin.KernelBackend(
         name="int8-linear-fbgemm",
         op="linear",
         weight_format=FORMAT,

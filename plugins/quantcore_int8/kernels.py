@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest
+from quantcore.plugin import KernelRequest
 from quantcore_int8.kernels_cpu import activation_bits
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 

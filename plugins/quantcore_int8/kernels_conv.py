@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from quantcore import ActivationSpec, Granularity, KernelRequest
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 
 CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

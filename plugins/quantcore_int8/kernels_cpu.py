@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from quantcore import (
+from quantcore.plugin import (
     ActivationSpec,
     Granularity,
     KernelRequest,
@@ -355,7 +355,7 @@ class _Int8Linear:
 
     def release_plain_weight(self) -> bool:
         """fbgemm's packed weight gives the exact int8 values back (oneDNN's does not): once it
-        exists, the plain copy is not needed (quantcore.PackedWeightKernel)."""
+        exists, the plain copy is not needed (quantcore.plugin.PackedWeightKernel)."""
         if "fbgemm" not in self.packed or not fbgemm_unpack_available():
             return False
         self.wq = None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from quantcore import ActivationSpec, Granularity, KernelRequest
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.quantization import quantize_activation
 

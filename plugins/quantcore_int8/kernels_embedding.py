@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from quantcore import KernelRequest, QuantizedWeight
+from quantcore.plugin import KernelRequest, QuantizedWeight
 
 
 def _rows(weight: QuantizedWeight, index: torch.Tensor) -> torch.Tensor:

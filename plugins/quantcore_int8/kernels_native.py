@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
 
-from quantcore import KernelRequest
+from quantcore.plugin import KernelRequest
 from quantcore_int8.kernels_cpu import (
     activation_bits,
     channel_scales,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-import quantcore
-from quantcore import ActivationSpec, Granularity, QuantizedWeight, WeightSpec
+from quantcore import plugin
+from quantcore.plugin import ActivationSpec, Granularity, QuantizedWeight, WeightSpec
 
 FORMAT = "int8"
 SYMMETRIC_RANGE = (-127, 127)  # restricted range: -128 has no positive twin, so signs stay exact
@@ -25,16 +25,16 @@ def _broadcast(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Ten
 
 
 def quantize_weight(
-    weight: torch.Tensor, spec: WeightSpec, observer: quantcore.Observer | None
+    weight: torch.Tensor, spec: WeightSpec, observer: plugin.Observer | None
 ) -> QuantizedWeight:
     """Quantize a weight once, ahead of time."""
     if observer is None:
-        raise quantcore.LayerSkipped("the int8 scheme needs an observer for weights")
+        raise plugin.LayerSkipped("the int8 scheme needs an observer for weights")
     if (
         weight.dtype == torch.float64
         and float(weight.abs().nan_to_num(0.0, 0.0, 0.0).max()) > _F32_MAX
     ):
-        raise quantcore.LayerSkipped(
+        raise plugin.LayerSkipped(
             f"weight values exceed the float32 range of int8 scales (±{_F32_MAX:g})"
         )
     qmin, qmax = SYMMETRIC_RANGE if spec.symmetric else ASYMMETRIC_RANGE
@@ -53,7 +53,7 @@ def quantize_weight(
     if not bool(torch.isfinite(scale).all()) or (
         observer.name != "minmax" and not bool(torch.isfinite(weight).all())
     ):
-        raise quantcore.LayerSkipped("weight contains NaN or Inf; int8 cannot represent it")
+        raise plugin.LayerSkipped("weight contains NaN or Inf; int8 cannot represent it")
     zero_point = None if params.zero_point is None else params.zero_point.to(torch.int32)
     data = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     # Row blocks bound the float32 temporaries to a few MB, whatever the weight's size (an

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-import quantcore
-from quantcore import ConversionContext, QuantizedLinear, QuantizedModule
+from quantcore import plugin
+from quantcore.plugin import ConversionContext, QuantizedLinear, QuantizedModule
 from quantcore_layers.attention import (
     QuantizedMultiheadAttention,
     attention_state_dict_layers,
@@ -121,71 +121,71 @@ def _is_normalization(module: nn.Module) -> bool:
     return "Norm" in type(module).__name__ and bool(params) and all(p.dim() <= 1 for p in params)
 
 
-@quantcore.hookimpl
-def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
-    yield quantcore.LayerMapper(
+@plugin.hookimpl
+def quantcore_layer_mappers() -> Iterator[plugin.LayerMapper]:
+    yield plugin.LayerMapper(
         name="linear",
         layer_kind="linear",
         matches=_is_linear,
         convert=convert_linear,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="torch.nn.Linear and its subclasses",
         state_dict_layers=linear_state_dict_layers,
         convert_state_dict=convert_linear_state_dict,
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="multihead_attention",
         layer_kind="attention",
         matches=is_multihead_attention,
         convert=convert_multihead_attention,
         state_dict_layers=attention_state_dict_layers,
         convert_state_dict=convert_attention_state_dict,
-        priority=110,
+        priority=plugin.Priority.BUILTIN + 10,
         description="torch.nn.MultiheadAttention (packed or separate q/k/v, out_proj)",
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="recurrent",
         layer_kind="recurrent",
         matches=is_recurrent,
         convert=convert_recurrent,
         state_dict_layers=recurrent_state_dict_layers,
         convert_state_dict=convert_recurrent_state_dict,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="torch.nn.LSTM, GRU, RNN and LSTMCell, GRUCell, RNNCell",
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="embedding",
         layer_kind="embedding",
         matches=is_embedding,
         convert=convert_embedding,
         state_dict_layers=embedding_state_dict_layers,
         convert_state_dict=convert_embedding_state_dict,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="torch.nn.Embedding (weight-only)",
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="embedding_bag",
         layer_kind="embedding_bag",
         matches=is_embedding_bag,
         convert=convert_embedding_bag,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="torch.nn.EmbeddingBag (weight-only; every mode)",
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="conv",
         layer_kind="conv",
         matches=is_conv,
         convert=convert_conv,
         state_dict_layers=conv_state_dict_layers,
         convert_state_dict=convert_conv_state_dict,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="torch.nn.Conv1d, Conv2d, Conv3d",
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="normalization",
         layer_kind="normalization",
         matches=_is_normalization,
         keep_reason="normalization layers stay in float: few parameters, sensitive to precision",
-        priority=-100,
+        priority=plugin.Priority.FALLBACK,
         description="LayerNorm, RMSNorm, BatchNorm, GroupNorm and similar *Norm layers",
     )

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantcore import ConversionContext, QuantizedContainer, QuantizedLinear, QuantizedModule
+from quantcore.plugin import ConversionContext, QuantizedContainer, QuantizedLinear, QuantizedModule
 from quantcore_layers.common import (
     module_bias,
     module_tensor,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import quantcore
-from quantcore import ConversionContext, QuantizedLinear
+from quantcore import plugin
+from quantcore.plugin import ConversionContext, QuantizedLinear
 
 # Hook-based reparametrizations (deprecated in torch) recompute ``module.weight`` in a forward
 # pre-hook from parameters the quantized module does not have; quantcore copies forward hooks onto
@@ -23,15 +23,15 @@ def module_tensor(module: nn.Module, name: str, ctx: ConversionContext) -> torch
     """
     for hook in module._forward_pre_hooks.values():
         if type(hook).__name__ in _HOOK_REPARAMETRIZATIONS:
-            raise quantcore.LayerSkipped(
+            raise plugin.LayerSkipped(
                 f"{name} is recomputed by the deprecated torch.nn.utils.{type(hook).__name__} hook; "
                 "use torch.nn.utils.parametrizations instead (or remove the hook) to quantize it"
             )
     tensor = getattr(module, name)
     if not isinstance(tensor, torch.Tensor):
-        raise quantcore.LayerSkipped(f"{name} is not a tensor ({type(tensor).__name__})")
+        raise plugin.LayerSkipped(f"{name} is not a tensor ({type(tensor).__name__})")
     if isinstance(tensor, nn.parameter.UninitializedParameter):
-        raise quantcore.LayerSkipped(f"{name} is uninitialized (lazy module never run)")
+        raise plugin.LayerSkipped(f"{name} is uninitialized (lazy module never run)")
     parametrizations = getattr(module, "parametrizations", None)
     if parametrizations is not None and name in parametrizations:
         kinds = ", ".join(type(p).__name__ for p in parametrizations[name])
@@ -70,7 +70,7 @@ def refuse_overridden_forward(module: nn.Module, base: type[nn.Module]) -> None:
     (scaled or offset embeddings, weight standardization, ...), and a quantized replacement would
     silently drop that. Linear subclasses are the exception (their mapper converts them)."""
     if type(module).forward is not base.forward:
-        raise quantcore.LayerSkipped(
+        raise plugin.LayerSkipped(
             f"{type(module).__name__} overrides {base.__name__}.forward(); its own code decides how "
             "the weight is used, so it stays float"
         )

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from quantcore import (
+from quantcore.plugin import (
     ConversionContext,
     DtypeTrackingModule,
     KernelBackend,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-import quantcore
-from quantcore import (
+from quantcore import plugin
+from quantcore.plugin import (
     ConversionContext,
     KernelBackend,
     KernelRequest,
@@ -370,7 +370,7 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
         return _convert_cell(module, ctx)
     assert isinstance(module, nn.RNNBase)
     if not isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
-        raise quantcore.LayerSkipped(f"{type(module).__name__} is not an LSTM, GRU or RNN")
+        raise plugin.LayerSkipped(f"{type(module).__name__} is not an LSTM, GRU or RNN")
     base = (
         nn.LSTM if isinstance(module, nn.LSTM) else nn.GRU if isinstance(module, nn.GRU) else nn.RNN
     )
@@ -394,9 +394,7 @@ def convert_recurrent(module: nn.Module, ctx: ConversionContext) -> nn.Module:
 
 def _convert_cell(module: nn.RNNCellBase, ctx: ConversionContext) -> nn.Module:
     if not isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
-        raise quantcore.LayerSkipped(
-            f"{type(module).__name__} is not an LSTMCell, GRUCell or RNNCell"
-        )
+        raise plugin.LayerSkipped(f"{type(module).__name__} is not an LSTMCell, GRUCell or RNNCell")
     base = next(c for c in (nn.LSTMCell, nn.GRUCell, nn.RNNCell) if isinstance(module, c))
     refuse_overridden_forward(module, base)
     ih, hh = (

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
-import quantcore
-from quantcore import Granularity, QuantParams
+from quantcore import plugin
+from quantcore.plugin import Granularity, QuantParams
 
 
 def _reduce_dims(tensor: torch.Tensor, granularity: Granularity, axis: int) -> torch.Tensor:
@@ -65,9 +65,9 @@ def minmax(
     return params
 
 
-@quantcore.hookimpl
-def quantcore_observers() -> Iterator[quantcore.Observer]:
-    yield quantcore.Observer(
+@plugin.hookimpl
+def quantcore_observers() -> Iterator[plugin.Observer]:
+    yield plugin.Observer(
         name="minmax",
         compute=minmax,
         description="exact min/max range, per tensor or per channel; nothing saturates",

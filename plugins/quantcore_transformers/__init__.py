@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-import quantcore
-from quantcore import ConversionContext, QuantizedLinear
+from quantcore import plugin
+from quantcore.plugin import ConversionContext, QuantizedLinear
 from quantcore_transformers import conv1d_tensors, hf_folders, hf_models
 
 _CONV1D = ("transformers.pytorch_utils", "Conv1D")
@@ -46,9 +46,9 @@ def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise quantcore.LayerSkipped("Conv1D weight is not a 2-D tensor")
+        raise plugin.LayerSkipped("Conv1D weight is not a 2-D tensor")
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise quantcore.LayerSkipped("Conv1D bias is not a tensor")
+        raise plugin.LayerSkipped("Conv1D bias is not a tensor")
     cls = _conv1d_class(module)
     if cls is not None and type(module).forward is not cls.forward:
         ctx.note(f"{type(module).__name__} overrides forward; replaced by a quantized linear")
@@ -63,21 +63,21 @@ def convert_hf_conv1d(module: nn.Module, ctx: ConversionContext) -> nn.Module:
     )
 
 
-@quantcore.hookimpl
-def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
+@plugin.hookimpl
+def quantcore_layer_mappers() -> Iterator[plugin.LayerMapper]:
     if not transformers_available():
         return
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="hf_conv1d",
         layer_kind="linear",
         matches=is_hf_conv1d,
         convert=convert_hf_conv1d,
-        priority=100,
+        priority=plugin.Priority.BUILTIN,
         description="transformers.pytorch_utils.Conv1D (GPT-2 family), as a linear layer",
         state_dict_layers=conv1d_tensors.conv1d_state_dict_layers,
         convert_state_dict=conv1d_tensors.convert_conv1d_state_dict,
     )
-    yield quantcore.LayerMapper(
+    yield plugin.LayerMapper(
         name="hf_conv1d_undecided",
         layer_kind="linear",
         matches=lambda module: False,  # state dicts only: a module says what it is
@@ -89,9 +89,9 @@ def quantcore_layer_mappers() -> Iterator[quantcore.LayerMapper]:
     )
 
 
-@quantcore.hookimpl
-def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
-    yield quantcore.InputAdapter(
+@plugin.hookimpl
+def quantcore_input_adapters() -> Iterator[plugin.InputAdapter]:
+    yield plugin.InputAdapter(
         name="transformers",
         accepts=hf_models.accepts,
         adapt=hf_models.adapt,
@@ -99,7 +99,7 @@ def quantcore_input_adapters() -> Iterator[quantcore.InputAdapter]:
         description="a module holding a transformers PreTrainedModel (its copy saves with "
         "save_pretrained)",
     )
-    yield quantcore.InputAdapter(
+    yield plugin.InputAdapter(
         name="transformers-folder",
         accepts=hf_folders.accepts,
         adapt=hf_folders.adapt,

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-import quantcore
+from quantcore import plugin
 
 _NAMES = ("c_attn", "c_proj", "c_fc", "q_attn")
 
@@ -56,22 +56,22 @@ def undecided_state_dict_layers(state_dict: Mapping[str, torch.Tensor]) -> Itera
 
 
 def refuse_undecided(
-    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: quantcore.ConversionContext
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: plugin.ConversionContext
 ) -> dict[str, torch.Tensor]:
-    raise quantcore.LayerSkipped(
+    raise plugin.LayerSkipped(
         "a square GPT-2-style weight: the tensors alone do not tell Conv1D [in, out] from "
         "Linear [out, in]; quantize the model (or a checkpoint holding its c_attn / c_fc too)"
     )
 
 
 def convert_conv1d_state_dict(
-    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: quantcore.ConversionContext
+    prefix: str, tensors: Mapping[str, torch.Tensor], ctx: plugin.ConversionContext
 ) -> dict[str, torch.Tensor]:
     """The tensors a quantized ``Conv1D`` (a quantized linear of ``weight.T``) holds."""
     weight = tensors["weight"]
     bias = tensors.get("bias")
     if bias is not None and bias.shape[0] != weight.shape[1]:
-        raise quantcore.LayerSkipped("bias does not match a Conv1D weight [in, out]")
+        raise plugin.LayerSkipped("bias does not match a Conv1D weight [in, out]")
     out: dict[str, torch.Tensor] = {}
     if bias is not None:
         out["bias"] = ctx.clone(bias)

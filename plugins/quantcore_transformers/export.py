@@ -27,17 +27,18 @@ import torch
 from torch import nn
 
 import quantcore
+from quantcore import plugin
 
 logger = logging.getLogger("quantcore")
 
 CT_FORMAT = "int-quantized"
 _STRATEGY = {
-    quantcore.Granularity.PER_CHANNEL: "channel",
-    quantcore.Granularity.PER_TENSOR: "tensor",
+    plugin.Granularity.PER_CHANNEL: "channel",
+    plugin.Granularity.PER_TENSOR: "tensor",
 }
 _INPUT_STRATEGY = {
-    quantcore.Granularity.PER_TOKEN: "token",
-    quantcore.Granularity.PER_TENSOR: "tensor",
+    plugin.Granularity.PER_TOKEN: "token",
+    plugin.Granularity.PER_TENSOR: "tensor",
 }
 
 
@@ -122,7 +123,7 @@ def _args(num_bits: int, strategy: str, symmetric: bool, dynamic: bool) -> dict[
     }
 
 
-def scheme_of(spec: quantcore.LayerSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
+def scheme_of(spec: plugin.LayerSpec) -> tuple[dict[str, Any], dict[str, Any]] | str:
     """(weights, input_activations) quantization args for a quantcore linear spec, or why the
     compressed-tensors W8A8 int8 layout cannot express it."""
     weight, act = spec.weight, spec.activation

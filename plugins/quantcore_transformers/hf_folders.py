@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import quantcore
+from quantcore import plugin
 from quantcore_transformers.hf_models import QUANT_METHOD, manifest_to_dict
 
 logger = logging.getLogger("quantcore")
@@ -38,11 +39,11 @@ def accepts(obj: object) -> bool:
         return False
 
 
-def adapt(obj: object) -> quantcore.AdaptedInput:
+def adapt(obj: object) -> plugin.AdaptedInput:
     assert isinstance(obj, (str, os.PathLike))
     # the checkpoint inside is read by the other adapters, as if the folder were given to them
     registry = quantcore.create_plugin_manager(disable=["transformers"]).registry()
-    inner = quantcore.adapt_input(obj, registry)
+    inner = plugin.adapt_input(obj, registry)
     return dataclasses.replace(
         inner,
         description=f"Hugging Face folder {Path(obj).name}: {inner.description}",

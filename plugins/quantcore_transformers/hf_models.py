@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import quantcore
+from quantcore import plugin
 
 logger = logging.getLogger("quantcore")
 
@@ -48,9 +49,9 @@ def accepts(obj: object) -> bool:
     return next(outermost_pretrained(obj), None) is not None
 
 
-def adapt(obj: object) -> quantcore.AdaptedInput:
+def adapt(obj: object) -> plugin.AdaptedInput:
     assert isinstance(obj, nn.Module)
-    return quantcore.AdaptedInput(
+    return plugin.AdaptedInput(
         module=obj, description=f"module {type(obj).__name__}", finalize=finalize
     )
 
@@ -79,7 +80,7 @@ def finalize(model: nn.Module, manifest: quantcore.Manifest) -> None:
         hf_model.hf_quantizer = quantizer
         hf_model.is_quantized = True
         hf_model.quantization_method = QUANT_METHOD
-        quantcore.attach_manifest(hf_model, sub)
+        plugin.attach_manifest(hf_model, sub)
 
 
 def recompute_meta_buffers(hf_model: nn.Module) -> None:

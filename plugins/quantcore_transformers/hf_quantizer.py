@@ -26,6 +26,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 import quantcore
+from quantcore import plugin
 from quantcore_transformers.hf_models import (
     QUANT_METHOD,
     fill_untied,
@@ -120,7 +121,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
         if self.pre_quantized:
             manifest = self.quantization_config.manifest_object()
-            built = quantcore.rebuild_layers(model, manifest, device="meta", source="config.json")
+            built = plugin.rebuild_layers(model, manifest, device="meta", source="config.json")
             for name, module in built.items():
                 set_submodule(model, name, module)
             self.untied = untie_quantized(model, built)
@@ -140,7 +141,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
             manifest = self.quantization_config.manifest_object()
             prepare_loaded_layers(model, layers_of_manifest(manifest))
             fill_untied(model, self.untied, by_transformers=True)
-        quantcore.attach_manifest(model, manifest)
+        plugin.attach_manifest(model, manifest)
 
     def get_state_dict_and_metadata(
         self, model: Any

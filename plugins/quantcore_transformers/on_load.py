@@ -21,12 +21,13 @@ from torch import nn
 from transformers.core_model_loading import ConversionOps
 
 import quantcore
+from quantcore import plugin
 from quantcore_transformers.hf_models import set_submodule
 
 logger = logging.getLogger("quantcore")
 
 
-def _claims(model: nn.Module, registry: quantcore.Registry) -> dict[str, nn.Module]:
+def _claims(model: nn.Module, registry: plugin.Registry) -> dict[str, nn.Module]:
     tied: set[str] = set()
     for target, source in getattr(model, "all_tied_weights_keys", {}).items():
         tied.update((target.rpartition(".")[0], source.rpartition(".")[0]))

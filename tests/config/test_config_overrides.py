@@ -89,15 +89,15 @@ def manager_with_halving_observer() -> Iterator[quantcore.QuantcorePluginManager
     """The installed plugins plus an observer that doubles minmax's scale (so halves resolution)."""
 
     class HalvingObserver:
-        @quantcore.hookimpl
-        def quantcore_observers(self) -> Iterator[quantcore.Observer]:
+        @quantcore.plugin.hookimpl
+        def quantcore_observers(self) -> Iterator[quantcore.plugin.Observer]:
             from quantcore_observers import minmax
 
-            def doubled(tensor: torch.Tensor, **kw: object) -> quantcore.QuantParams:
+            def doubled(tensor: torch.Tensor, **kw: object) -> quantcore.plugin.QuantParams:
                 p = minmax(tensor, **kw)  # type: ignore[arg-type]
-                return quantcore.QuantParams(p.scale * 2, p.zero_point, p.qmin, p.qmax)
+                return quantcore.plugin.QuantParams(p.scale * 2, p.zero_point, p.qmin, p.qmax)
 
-            yield quantcore.Observer(name="doubled", compute=doubled)
+            yield quantcore.plugin.Observer(name="doubled", compute=doubled)
 
     manager = quantcore.create_plugin_manager()
     manager.register_plugin(HalvingObserver(), "test-doubled")

@@ -23,7 +23,7 @@ from quantcore_int8 import triton_kernels as tk
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.quantization import dequantize_weight, quantize_activation
 
-from quantcore import ActivationSpec, Granularity, KernelRequest, QuantizedWeight, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest, QuantizedWeight, WeightSpec
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 

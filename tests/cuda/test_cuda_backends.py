@@ -15,7 +15,7 @@ from quantcore_int8.quantization import quantize_weight
 from torch import nn
 
 import quantcore
-from quantcore import (
+from quantcore.plugin import (
     ActivationSpec,
     Granularity,
     KernelBackend,
@@ -177,7 +177,7 @@ def test_eager_int_mm_path_matches_the_reference(symmetric: bool) -> None:
     assert torch.equal(eager(x64), reference(x64))  # dtypes the kernels skip: the reference
 
 
-def _minmax() -> quantcore.Observer:
+def _minmax() -> quantcore.plugin.Observer:
     return quantcore.create_plugin_manager().registry().observer("minmax")
 
 

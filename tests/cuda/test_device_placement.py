@@ -52,19 +52,21 @@ def test_quantization_creates_no_tensor_on_the_default_device(
 class _SchemeMixingDevices:
     """An int8 scheme with the mistake the check exists for: a scale built without device=."""
 
-    @quantcore.hookimpl
-    def quantcore_schemes(self) -> Iterator[quantcore.Scheme]:
+    @quantcore.plugin.hookimpl
+    def quantcore_schemes(self) -> Iterator[quantcore.plugin.Scheme]:
         def quantize_weight(
-            weight: torch.Tensor, spec: quantcore.WeightSpec, observer: quantcore.Observer | None
-        ) -> quantcore.QuantizedWeight:
+            weight: torch.Tensor,
+            spec: quantcore.plugin.WeightSpec,
+            observer: quantcore.plugin.Observer | None,
+        ) -> quantcore.plugin.QuantizedWeight:
             q = int8_quantize_weight(weight, spec, observer)
             assert q.scale is not None
             scale = q.scale * torch.ones(q.scale.shape)  # lands on the default device
-            return quantcore.QuantizedWeight(q.format, q.data, scale=scale, spec=q.spec)
+            return quantcore.plugin.QuantizedWeight(q.format, q.data, scale=scale, spec=q.spec)
 
         registry = quantcore.create_plugin_manager().registry()
         int8 = registry.scheme("int8")
-        yield quantcore.Scheme(
+        yield quantcore.plugin.Scheme(
             name="int8-mixing-devices",
             weight_format=int8.weight_format,
             layer_specs=int8.layer_specs,

@@ -94,7 +94,7 @@ def test_rebuilt_layers_hold_no_float_weights_before_loading() -> None:
     assert manifest is not None
     with torch.device("meta"):
         skeleton = type(model)(model.config)
-    built = quantcore.rebuild_layers(skeleton, manifest, device="meta")
+    built = quantcore.plugin.rebuild_layers(skeleton, manifest, device="meta")
     assert set(built) == {layer.name for layer in manifest.layers}
     q_proj = built["model.layers.0.self_attn.q_proj"]
     assert all(t.is_meta for t in q_proj.state_dict().values())

@@ -157,7 +157,7 @@ def test_shards_are_held_one_at_a_time(tmp_path: Path) -> None:
     live: set[int] = set()
     peak = 0
 
-    def make_shard(i: int) -> quantcore.StateDictShard:
+    def make_shard(i: int) -> quantcore.plugin.StateDictShard:
         def load() -> dict[str, torch.Tensor]:
             nonlocal peak
             tensors = {f"layer{i}.weight": torch.randn(16, 8), f"layer{i}.bias": torch.randn(16)}
@@ -167,18 +167,18 @@ def test_shards_are_held_one_at_a_time(tmp_path: Path) -> None:
             peak = max(peak, len(live))
             return tensors
 
-        return quantcore.StateDictShard(f"shard{i}", load)
+        return quantcore.plugin.StateDictShard(f"shard{i}", load)
 
     class Shards:
         pass
 
     class Adapter:
-        @quantcore.hookimpl
-        def quantcore_input_adapters(self) -> Iterator[quantcore.InputAdapter]:
-            yield quantcore.InputAdapter(
+        @quantcore.plugin.hookimpl
+        def quantcore_input_adapters(self) -> Iterator[quantcore.plugin.InputAdapter]:
+            yield quantcore.plugin.InputAdapter(
                 name="test-shards",
                 accepts=lambda obj: isinstance(obj, Shards),
-                adapt=lambda obj: quantcore.AdaptedInput(
+                adapt=lambda obj: quantcore.plugin.AdaptedInput(
                     shards=tuple(make_shard(i) for i in range(4)), description="four shards"
                 ),
                 priority=1000,

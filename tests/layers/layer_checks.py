@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import quantcore
-from quantcore import QuantizedModule
+from quantcore.plugin import QuantizedModule
 
 # Bounds on the relative error ||quantized - float|| / ||float|| of a layer's outputs on the
 # small random models of these tests; docs/schemes.md lists them with the measured values.

@@ -59,7 +59,7 @@ def varied_model() -> nn.Module:
 class FaultyMappers:
     """Copies of every mapper in ``registry`` that fail after converting layer number ``fail_at``."""
 
-    def __init__(self, registry: quantcore.Registry, fail_at: int) -> None:
+    def __init__(self, registry: quantcore.plugin.Registry, fail_at: int) -> None:
         self.registry, self.fail_at, self.calls = registry, fail_at, 0
         self.built: list[weakref.ref[nn.Module]] = []
 
@@ -76,8 +76,8 @@ class FaultyMappers:
 
         return faulty
 
-    @quantcore.hookimpl
-    def quantcore_layer_mappers(self) -> Iterator[quantcore.LayerMapper]:
+    @quantcore.plugin.hookimpl
+    def quantcore_layer_mappers(self) -> Iterator[quantcore.plugin.LayerMapper]:
         for mapper in self.registry.layer_mappers:
             if mapper.convert is None:
                 continue
@@ -95,12 +95,12 @@ class FaultyMappers:
 class FaultyScheme:
     """int8 under another name, failing on its ``fail_at``-th quantize_weight call."""
 
-    def __init__(self, registry: quantcore.Registry, fail_at: int) -> None:
+    def __init__(self, registry: quantcore.plugin.Registry, fail_at: int) -> None:
         self.base, self.fail_at, self.calls = registry.scheme("int8"), fail_at, 0
 
-    @quantcore.hookimpl
-    def quantcore_schemes(self) -> Iterator[quantcore.Scheme]:
-        def quantize_weight(*args: Any) -> quantcore.QuantizedWeight:
+    @quantcore.plugin.hookimpl
+    def quantcore_schemes(self) -> Iterator[quantcore.plugin.Scheme]:
+        def quantize_weight(*args: Any) -> quantcore.plugin.QuantizedWeight:
             index, self.calls = self.calls, self.calls + 1
             if index == self.fail_at:
                 meddle_with_torch_state()
@@ -119,7 +119,7 @@ class FaultyScheme:
 
 def live_quantized_modules() -> int:
     gc.collect()
-    from quantcore import QuantizedModule
+    from quantcore.plugin import QuantizedModule
 
     return sum(1 for o in gc.get_objects() if issubclass(type(o), QuantizedModule))
 

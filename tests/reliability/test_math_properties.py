@@ -21,7 +21,7 @@ from quantcore_int8.quantization import (
 )
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, WeightSpec
 from reliability.helpers import Tally, slow_settings
 
 F32 = torch.finfo(torch.float32)
@@ -31,7 +31,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAGNITUDES = (0.0, 1e-44, 1e-39, 1e-30, 1e-8, 1e-3, 1.0, 1e3, 1e20, 1e37, 3e38)
 
 
-def _minmax() -> quantcore.Observer:
+def _minmax() -> quantcore.plugin.Observer:
     return quantcore.create_plugin_manager().registry().observer("minmax")
 
 
@@ -78,7 +78,7 @@ def _per_element(values: torch.Tensor, like: torch.Tensor, axis: int = 0) -> tor
 def _check_int8(weight: torch.Tensor, spec: WeightSpec) -> None:
     try:
         qw = quantize_weight(weight, spec, MINMAX)
-    except quantcore.LayerSkipped as skip:
+    except quantcore.plugin.LayerSkipped as skip:
         # allowed only for what int8 cannot represent: values beyond float32's range
         assert weight.dtype == torch.float64, skip.reason
         assert float(weight.abs().max()) > F32.max, skip.reason
@@ -125,7 +125,7 @@ def test_fp16_round_trip_within_half_an_ulp(weight: torch.Tensor, tally: Tally) 
     spec = WeightSpec(Granularity.NONE, True, None)
     try:
         qw = fp16_quantize(weight, spec, None)
-    except quantcore.LayerSkipped as skip:
+    except quantcore.plugin.LayerSkipped as skip:
         assert float(weight.abs().max()) > F16.max, skip.reason
         assert "float16 range" in skip.reason
         return
@@ -151,7 +151,7 @@ def test_non_finite_weights_are_refused(
     poisoned = weight.clone()
     flat = poisoned.view(-1)
     flat[data.draw(st.integers(0, flat.numel() - 1))] = poison
-    with pytest.raises(quantcore.LayerSkipped, match="NaN or Inf"):
+    with pytest.raises(quantcore.plugin.LayerSkipped, match="NaN or Inf"):
         if scheme == "int8":
             quantize_weight(poisoned, WeightSpec(), MINMAX)
         else:

@@ -15,8 +15,8 @@ import quantcore
 from reliability.helpers import Tally
 
 
-def _observer() -> quantcore.Observer:
-    return quantcore.Observer(name="x", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
+def _observer() -> quantcore.plugin.Observer:
+    return quantcore.plugin.Observer(name="x", compute=lambda t, **kw: None)  # type: ignore[arg-type,return-value]
 
 
 def plugin(hook: str, body: Callable[[], object]) -> object:
@@ -24,11 +24,11 @@ def plugin(hook: str, body: Callable[[], object]) -> object:
         return body()
 
     impl.__name__ = hook
-    return type("Plugin", (), {hook: staticmethod(quantcore.hookimpl(impl))})
+    return type("Plugin", (), {hook: staticmethod(quantcore.plugin.hookimpl(impl))})
 
 
 def _invalid_scheme() -> object:
-    return [quantcore.Scheme("", "f", {}, lambda *a: None, lambda w: w)]  # type: ignore[arg-type,return-value]
+    return [quantcore.plugin.Scheme("", "f", {}, lambda *a: None, lambda w: w)]  # type: ignore[arg-type,return-value]
 
 
 def _raising_generator() -> object:
@@ -86,7 +86,7 @@ def test_bad_hook_signature_is_reported(tally: Tally) -> None:
     tally.add("plugin fault cases")
 
     class WrongSignature:
-        @quantcore.hookimpl
+        @quantcore.plugin.hookimpl
         def quantcore_schemes(self, unexpected: int) -> list[object]:
             return []
 

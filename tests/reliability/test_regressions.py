@@ -12,12 +12,12 @@ from quantcore_int8.quantization import (
 )
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, WeightSpec
 
 F32_MAX = torch.finfo(torch.float32).max
 
 
-def _minmax() -> quantcore.Observer:
+def _minmax() -> quantcore.plugin.Observer:
     return quantcore.create_plugin_manager().registry().observer("minmax")
 
 
@@ -56,7 +56,7 @@ def test_float64_weight_beyond_float32_range_is_skipped_with_a_reason() -> None:
     import pytest
 
     weight = torch.tensor([[4.6e38, 1.0]], dtype=torch.float64)
-    with pytest.raises(quantcore.LayerSkipped, match="float32 range"):
+    with pytest.raises(quantcore.plugin.LayerSkipped, match="float32 range"):
         quantize_weight(weight, WeightSpec(), _minmax())
     model = torch.nn.Linear(2, 1).double()
     with torch.no_grad():
@@ -82,15 +82,15 @@ def test_an_adapter_that_raises_is_reported_not_propagated() -> None:
     import pytest
 
     class Clumsy:
-        @quantcore.hookimpl
+        @quantcore.plugin.hookimpl
         def quantcore_input_adapters(self):  # type: ignore[no-untyped-def]
-            yield quantcore.InputAdapter(
+            yield quantcore.plugin.InputAdapter(
                 "looks",
                 accepts=lambda o: 1 / 0 > 0,
                 adapt=lambda o: None,
                 priority=10**6,  # type: ignore[arg-type,return-value]
             )
-            yield quantcore.InputAdapter(
+            yield quantcore.plugin.InputAdapter(
                 "grabs",
                 accepts=lambda o: isinstance(o, int),
                 adapt=lambda o: [][1],
@@ -184,14 +184,14 @@ def test_deterministic_flag_and_default_device_are_restored() -> None:
     import pytest
 
     class Meddler:
-        @quantcore.hookimpl
+        @quantcore.plugin.hookimpl
         def quantcore_layer_mappers(self):  # type: ignore[no-untyped-def]
             def convert(module, ctx):  # type: ignore[no-untyped-def]
                 torch.use_deterministic_algorithms(True, warn_only=True)
                 torch.set_default_device("meta")
                 raise RuntimeError("simulated")
 
-            yield quantcore.LayerMapper(
+            yield quantcore.plugin.LayerMapper(
                 "meddler", "linear", matches=lambda m: True, convert=convert, priority=10**6
             )
 

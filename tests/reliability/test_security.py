@@ -226,7 +226,7 @@ def test_shard_paths_cannot_escape(shard: str, tmp_path: Path, tally: Tally) -> 
     with pytest.raises(quantcore.UnsafeCheckpointError, match="outside the checkpoint's folder"):
         quantcore.quantize(index)
     with pytest.raises(quantcore.UnsafeCheckpointError):
-        quantcore.shard_paths(index, [shard.format(abs=secret)])
+        quantcore.plugin.shard_paths(index, [shard.format(abs=secret)])
 
 
 def test_quantized_index_cannot_escape_either(tmp_path: Path) -> None:
