@@ -65,6 +65,7 @@ from quantcore.plugin_manager import (
 )
 from quantcore.report import LayerReport, QuantizationReport
 from quantcore.serialization import QuantizedFile, load, quantize_to_file, read_quantized, save
+from quantcore.settings import QuantizeSettings
 
 try:
     __version__ = version("quantcore")
@@ -107,6 +108,7 @@ __all__ = [
     "QuantizationReport",
     "QuantizationResult",
     "QuantizeConfig",
+    "QuantizeSettings",
     "QuantizedFile",
     "SerializationError",
     "UnknownConfigKeyError",

@@ -38,7 +38,7 @@ from quantcore.report import AccuracyReport, KeptForAccuracy, LayerReport
 
 if TYPE_CHECKING:
     from quantcore.api import QuantizationResult
-    from quantcore.orchestrate import Progress
+    from quantcore.convert import Progress
 
 logger = logging.getLogger("quantcore")
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from quantcore.errors import QuantcoreError
+from quantcore.settings import QuantizeSettings
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -104,21 +105,53 @@ class _Progress:
             self.shard = ""
 
 
+def _override(text: str) -> dict[str, object]:
+    """``match=lm_head,skip=true`` -> ``{"match": "lm_head", "skip": True}`` (``true``/``false``
+    are booleans, digits integers, anything else a string)."""
+    table: dict[str, object] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: write KEY=VALUE pairs separated by commas, e.g. match=lm_head,skip=true"
+            )
+        word = value.strip()
+        parsed: object = {"true": True, "false": False}.get(word.lower(), word)
+        table[key.strip()] = int(word) if word.isdigit() else parsed
+    return table
+
+
+def _settings(args: argparse.Namespace) -> QuantizeSettings:
+    """The command line's settings, as quantize() and quantize_to_file() take them."""
+    return QuantizeSettings(
+        dtype=args.dtype,
+        include=args.include,
+        exclude=args.exclude,
+        overrides=args.overrides,
+        disable_plugins=args.disable_plugins,
+        strict=args.strict,
+        log_level=args.log_level,
+        max_error=args.max_error,
+        error_metric=args.error_metric,
+        fallback=args.fallback,
+        smooth=args.smooth,
+        smooth_alpha=args.smooth_alpha,
+    )
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from quantcore.cli_accuracy import budget_settings, model_input
+    from quantcore.cli_accuracy import calibration_input, model_input
     from quantcore.serialization import quantize_to_file
 
     progress = _Progress(args.quiet)
     report, written = quantize_to_file(
         model_input(args),
         args.output,
-        args.dtype,
-        include=args.include,
-        exclude=args.exclude,
+        **_settings(args).kwargs(),
         config=args.config,
         progress=progress.layer,
         shard_progress=progress.shards,
-        **budget_settings(args),
+        calibration=calibration_input(args),
     )
     print(report)
     for path in written:
@@ -181,7 +214,7 @@ def add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from quantcore.orchestrate import tensor_bytes
+    from quantcore.assemble import tensor_bytes
     from quantcore.serialization import read_quantized
 
     qfile = read_quantized(args.file)
@@ -254,32 +287,10 @@ class UsageError(Exception):
     """A command-line usage problem found after parsing (exit code 2)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from quantcore.cli_accuracy import (
-        add_analyze_command,
-        add_budget_arguments,
-        add_model_argument,
-    )
+def _add_quantize_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``quantcore quantize``: an option for every setting of QuantizeSettings (a test checks)."""
+    from quantcore.cli_accuracy import add_budget_arguments, add_model_argument
     from quantcore.config import add_config_argument
-
-    parser = argparse.ArgumentParser(
-        prog="quantcore", description="Dynamic INT8/FP16 quantization for PyTorch models."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    demo = sub.add_parser("demo", help="quantize an embedded default model and print the report")
-    demo.add_argument(
-        "--dtype", action="append", help="scheme to run (repeatable; default: every loaded scheme)"
-    )
-    demo.set_defaults(func=_cmd_demo)
-
-    plugins = sub.add_parser("plugins", help="list plugins, what they provide, and load failures")
-    plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.set_defaults(func=_cmd_plugins)
-
-    add_config_command(sub)
-    add_analyze_command(sub)
-    add_export_command(sub)
 
     quantize = sub.add_parser(
         "quantize",
@@ -306,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         default=None,
         metavar="SCHEME",
-        help="quantization scheme: int8 (the default unless a configuration file says otherwise), "
-        "fp16, or one a plugin provides",
+        help="quantization scheme: a name or alias a plugin provides (built in: int8, the "
+        "default unless a configuration file says otherwise, and fp16)",
     )
     quantize.add_argument(
         "--include",
@@ -321,11 +332,65 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="glob of layer names to keep in float (repeatable), e.g. 'lm_head' or 'encoder.*'",
     )
+    quantize.add_argument(
+        "--override",
+        dest="overrides",
+        action="append",
+        type=_override,
+        metavar="KEY=VALUE,...",
+        help="per-layer rule (repeatable, applied in order), e.g. 'match=lm_head,skip=true' or "
+        "'layer_type=Embedding,dtype=fp16'; keys as in a configuration file's [[overrides]]",
+    )
+    quantize.add_argument(
+        "--disable-plugin",
+        dest="disable_plugins",
+        action="append",
+        metavar="NAME",
+        help="plugin (entry-point) or distribution name not to load (repeatable)",
+    )
+    quantize.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="third-party plugin failures, patterns matching no layer, and an empty result are "
+        "errors",
+    )
+    quantize.add_argument(
+        "--log-level",
+        default=None,
+        metavar="LEVEL",
+        help="level of the quantcore logger: DEBUG, INFO, WARNING (default), ERROR, CRITICAL",
+    )
     add_config_argument(quantize)
     add_model_argument(quantize, required=False)
     add_budget_arguments(quantize)
     quantize.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     quantize.set_defaults(func=_cmd_quantize)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from quantcore.cli_accuracy import add_analyze_command
+
+    parser = argparse.ArgumentParser(
+        prog="quantcore", description="Dynamic INT8/FP16 quantization for PyTorch models."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="quantize an embedded default model and print the report")
+    demo.add_argument(
+        "--dtype", action="append", help="scheme to run (repeatable; default: every loaded scheme)"
+    )
+    demo.set_defaults(func=_cmd_demo)
+
+    plugins = sub.add_parser("plugins", help="list plugins, what they provide, and load failures")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=_cmd_plugins)
+
+    add_config_command(sub)
+    add_analyze_command(sub)
+    add_export_command(sub)
+
+    _add_quantize_command(sub)
 
     inspect = sub.add_parser(
         "inspect",

@@ -68,6 +68,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metric",
+        dest="error_metric",
         choices=("relative_l2", "cosine"),
         help="what --max-error bounds: relative L2 error (default) or 1 - cosine",
     )
@@ -76,6 +77,12 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--smooth", action="store_true", default=None, help="SmoothQuant-style outlier smoothing"
+    )
+    parser.add_argument(
+        "--smooth-alpha",
+        type=float,
+        metavar="A",
+        help="migration strength of --smooth, in [0, 1] (default 0.5)",
     )
 
 
@@ -91,18 +98,11 @@ def model_input(args: argparse.Namespace) -> object:
     return model.eval()
 
 
-def budget_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The budget options given on the command line, as quantize() parameters."""
+def calibration_input(args: argparse.Namespace) -> object:
+    """The --calibration inputs, read from their file, or None."""
     from quantcore.calibration import load_inputs
 
-    settings = {
-        "max_error": args.max_error,
-        "error_metric": args.metric,
-        "fallback": args.fallback,
-        "smooth": args.smooth,
-    }
-    calibration = load_inputs(args.calibration) if args.calibration else None
-    return {"calibration": calibration, **{k: v for k, v in settings.items() if v is not None}}
+    return load_inputs(args.calibration) if args.calibration else None
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -259,6 +259,7 @@ class PluginLoadWarning(QuantcoreWarning):
 
 
 __all__ = [
+    "AccuracyError",
     "CheckpointError",
     "ConfigError",
     "ConfigFileError",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from quantcore.errors import IncompatibleFormatError, SerializationError
 from quantcore.specs import ActivationSpec, Granularity, LayerSpec, QuantizedWeight, WeightSpec
@@ -232,3 +233,26 @@ def _layer_from_dict(raw: Mapping[str, Any]) -> LayerRecord:
         weights=weights,
         layer_type=str(raw.get("layer_type", "")),
     )
+
+
+MANIFEST_ATTRIBUTE = "_quantcore_manifest"
+
+
+def attach_manifest(module: nn.Module, manifest: Manifest) -> None:
+    """Remember on a quantized root module what quantcore.save() must write for it."""
+    module.__dict__[MANIFEST_ATTRIBUTE] = manifest
+
+
+def manifest_of(module: nn.Module) -> Manifest | None:
+    """The manifest of a module returned by quantize() or load(), else None."""
+    found = module.__dict__.get(MANIFEST_ATTRIBUTE)
+    return found if isinstance(found, Manifest) else None
+
+
+def quantcore_version() -> str:
+    from importlib_metadata import PackageNotFoundError, version
+
+    try:
+        return version("quantcore")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

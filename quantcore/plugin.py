@@ -18,9 +18,10 @@ kernels, checkpoint reading for input adapters, the errors a plugin raises, and 
 manager for testing a plugin in-process. docs/plugins.md describes them.
 """
 
-from quantcore.api import adapt_input, attach_manifest
+from quantcore.checkpoints import CheckpointFile, read_checkpoint, read_index, shard_paths
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import (
+    AccuracyError,
     CheckpointError,
     ConfigError,
     ConfigFileError,
@@ -48,6 +49,8 @@ from quantcore.errors import (
 )
 from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handle
 from quantcore.hookspecs import HOOKS, hookimpl, hookspec
+from quantcore.job import adapt_input
+from quantcore.manifest import attach_manifest
 from quantcore.modules import (
     DtypeTrackingModule,
     QuantizedContainer,
@@ -80,12 +83,6 @@ from quantcore.registrations import (
     Scheme,
     StateDictShard,
 )
-from quantcore.serialization import (
-    CheckpointFile,
-    read_checkpoint,
-    read_index,
-    shard_paths,
-)
 from quantcore.specs import (
     ActivationSpec,
     Granularity,
@@ -96,6 +93,7 @@ from quantcore.specs import (
 )
 
 __all__ = [
+    "AccuracyError",
     "ENTRY_POINT_GROUP",
     "HOOKS",
     "ActivationSpec",

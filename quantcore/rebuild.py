@@ -1,7 +1,8 @@
 """Rebuilding quantized layers without float weights, from what a manifest records.
 
-Each recorded layer is built by running its mapper's own ``convert`` on the skeleton's module
-with a :class:`RebuildContext`, whose ``quantize_weight`` allocates empty tensors of the recorded
+The plan comes from the manifest (each recorded layer's module in the skeleton, its mapper,
+scheme and spec); ``convert_layer`` runs the recorded mapper's own ``convert`` with a
+:class:`RebuildContext`, whose ``quantize_weight`` allocates empty tensors of the recorded
 shapes instead of quantizing; the values come from a file afterwards (``quantcore.load``, or
 transformers' ``from_pretrained`` through the transformers plugin). No float weight is read, so
 the skeleton may live on the meta device.
@@ -18,10 +19,17 @@ import torch
 from torch import nn
 
 from quantcore.context import ConversionContext, SharedState
-from quantcore.errors import LayerSkipped, QuantcoreError, SerializationError
-from quantcore.manifest import Manifest, WeightRecord
+from quantcore.convert import Converted, convert_layer
+from quantcore.errors import (
+    LayerQuantizationError,
+    LayerSkipped,
+    QuantcoreError,
+    SerializationError,
+)
+from quantcore.manifest import LayerRecord, Manifest, WeightRecord
+from quantcore.planning import PlannedLayer
 from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
-from quantcore.registrations import AdaptedInput, LayerMapper, Registry
+from quantcore.registrations import AdaptedInput, Registry
 from quantcore.specs import QuantizedWeight, WeightSpec
 
 logger = logging.getLogger("quantcore")
@@ -90,11 +98,30 @@ def rebuild_layers(
 def rebuild(
     skeleton: nn.Module, manifest: Manifest, registry: Registry, device: torch.device, source: str
 ) -> tuple[dict[str, nn.Module], set[int], SharedState]:
-    mappers = {m.name: m for m in registry.layer_mappers}
-    modules = dict(skeleton.named_modules())
+    """Every layer ``manifest`` records, built on ``skeleton``'s modules (name -> new module),
+    the ids of their quantized tensors, and the shared clones (for assembling a copy)."""
     shared = SharedState()
     built: dict[str, nn.Module] = {}
     quantized_ids: set[int] = set()  # the tensors of quantized weights, as the file records them
+    for layer, record in plan_rebuild(skeleton, manifest, registry, source):
+        converted = rebuild_layer(layer, record, registry, shared, device)
+        assert isinstance(converted.output, nn.Module)
+        built[layer.name] = converted.output
+        for _, weight in converted.ctx.quantized_weights:
+            quantized_ids.update(
+                id(t) for t in (weight.data, weight.scale, weight.zero_point) if t is not None
+            )
+    return built, quantized_ids, shared
+
+
+def plan_rebuild(
+    skeleton: nn.Module, manifest: Manifest, registry: Registry, source: str = "the file"
+) -> list[tuple[PlannedLayer, LayerRecord]]:
+    """The layers a file records, each with the skeleton's module and the recorded mapper,
+    scheme and spec: the plan of a rebuild."""
+    mappers = {m.name: m for m in registry.layer_mappers}
+    modules = dict(skeleton.named_modules())
+    planned = []
     for record in manifest.layers:
         module = modules.get(record.name)
         if module is None:
@@ -117,40 +144,48 @@ def rebuild(
                 f"{record.layer_type or record.layer_kind}); pass a skeleton of the model that "
                 "was quantized"
             )
-        ctx = RebuildContext(
-            record.name,
-            record.layer_kind,
-            registry.scheme(record.scheme),
-            record.spec,
-            registry,
-            shared,
-            mapper=mapper,
-            planned=record.weights,
-            device=device,
+        scheme = registry.scheme(record.scheme)
+        layer = PlannedLayer(
+            record.name, type(module).__name__, mapper, scheme, record.spec, module=module
         )
-        built[record.name] = _convert(mapper, module, ctx)
-        for _, weight in ctx.quantized_weights:
-            quantized_ids.update(
-                id(t) for t in (weight.data, weight.scale, weight.zero_point) if t is not None
-            )
-    return built, quantized_ids, shared
+        planned.append((layer, record))
+    return planned
 
 
-def _convert(mapper: LayerMapper, module: nn.Module, ctx: RebuildContext) -> nn.Module:
-    assert mapper.convert is not None
+def rebuild_layer(
+    layer: PlannedLayer,
+    record: LayerRecord,
+    registry: Registry,
+    shared: SharedState,
+    device: torch.device,
+) -> Converted:
+    """The layer built again by its mapper's own ``convert``, with empty tensors of the
+    recorded shapes (:class:`RebuildContext`)."""
+    ctx = RebuildContext(
+        layer.name,
+        record.layer_kind,
+        layer.scheme,
+        layer.spec,
+        registry,
+        shared,
+        mapper=layer.mapper,
+        planned=record.weights,
+        device=device,
+    )
     try:
-        with torch.no_grad():
-            replacement = mapper.convert(module, ctx)
-    except QuantcoreError as exc:
-        reason = exc.reason if isinstance(exc, LayerSkipped) else str(exc)
-        raise SerializationError(f"rebuilding layer {ctx.layer_name!r} failed: {reason}") from exc
-    except Exception as exc:
+        converted = convert_layer(layer, ctx)
+    except LayerSkipped as exc:
+        raise SerializationError(f"rebuilding layer {layer.name!r} failed: {exc.reason}") from exc
+    except LayerQuantizationError as exc:
+        cause = exc.cause
+        if isinstance(cause, QuantcoreError):
+            raise SerializationError(f"rebuilding layer {layer.name!r} failed: {cause}") from cause
         raise SerializationError(
-            f"rebuilding layer {ctx.layer_name!r} with mapper {mapper.name!r} failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+            f"rebuilding layer {layer.name!r} with mapper {record.mapper!r} failed: "
+            f"{type(cause).__name__}: {cause}"
+        ) from cause
     ctx.check_complete()
-    return replacement
+    return converted
 
 
 def adapt_skeleton(skeleton: nn.Module, registry: Registry) -> AdaptedInput | None:

@@ -1,215 +1,69 @@
-"""Reading checkpoints safely, and saving / loading quantized models.
+"""The quantcore file format: reading and writing quantized models, loading them onto a float
+skeleton, and quantizing straight to a file (sharded inputs shard by shard).
 
 Format-agnostic: a quantized model is its plain state dict plus a :class:`Manifest` (per layer:
 mapper, scheme, spec, quantized tensor shapes). ``torch.save`` files hold
 ``{"format": "quantcore", "metadata": {"quantcore": <json>}, "state_dict": {...}}`` and load with
 ``torch.load(weights_only=True)``; safetensors files hold the same JSON in their str -> str header.
-
-Loading rebuilds each recorded layer by running its mapper's ``convert`` on the float skeleton's
-module with a :class:`RebuildContext`, whose ``quantize_weight`` allocates empty tensors of the
-recorded shapes instead of quantizing; ``load_state_dict(assign=True)`` then fills every tensor
-from the file. No float weight is read, so the skeleton may live on the meta device.
+Rebuilding the layers without float weights is :mod:`quantcore.rebuild`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import pickle
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from quantcore.api import (
-    QuantizationJob,
-    QuantizationResult,
-    _log_report,
-    attach_manifest,
-    configured_job,
-    manifest_of,
-    quantcore_version,
-    quantize,
-    resolve_settings,
+from quantcore.assemble import assemble_module
+from quantcore.checkpoints import (
+    SAFETENSORS_SUFFIX,
+    CheckpointFile,
+    PathLike,
+    _first_line,
+    _safetensors,
+    read_checkpoint,
+    read_index,
+    shard_paths,
 )
 from quantcore.config import ConfigInput
+from quantcore.convert import Progress
 from quantcore.errors import (
     CheckpointError,
-    MissingDependencyError,
     QuantcoreError,
     SerializationError,
-    UnsafeCheckpointError,
 )
-from quantcore.manifest import FORMAT_NAME, Manifest
-from quantcore.orchestrate import Progress, _copy_tree, tensor_bytes
+from quantcore.job import (
+    QuantizationJob,
+    QuantizationResult,
+    Quantized,
+    configured_job,
+    needs_calibration,
+    quantize_result,
+)
+from quantcore.manifest import (
+    FORMAT_NAME,
+    Manifest,
+    attach_manifest,
+    manifest_of,
+)
 from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
 from quantcore.rebuild import adapt_skeleton, rebuild, refuse_meta_tensors
-from quantcore.registrations import AdaptedInput
 from quantcore.report import QuantizationReport
+from quantcore.settings import Overrides, QuantizeSettings, Selectors
 
 logger = logging.getLogger("quantcore")
 
-PathLike = str | os.PathLike[str]
 METADATA_KEY = "quantcore"  # key of the manifest JSON in a file's str -> str metadata
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-SAFETENSORS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".index.json"
-
-
-# -- reading any checkpoint safely ---------------------------------------------------------------
-@dataclass(frozen=True)
-class CheckpointFile:
-    """What one file holds: ``content`` is whatever ``torch.load(weights_only=True)`` returns
-    (a dict of tensors for safetensors); ``metadata`` is the safetensors header ({} for torch)."""
-
-    path: Path
-    content: object
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-def _safetensors() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise MissingDependencyError(
-            "reading and writing .safetensors files", "safetensors", "safetensors"
-        ) from None
-    return safetensors
-
-
-def read_checkpoint(path: PathLike, *, mmap: bool = True) -> CheckpointFile:
-    """Read a ``.pt`` / ``.pth`` / ``.bin`` (pickle, with ``weights_only=True``) or ``.safetensors``
-    file. A pickle that needs arbitrary code is refused, never executed."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such file" + (" (it is a folder)" if p.is_dir() else ""))
-    if p.suffix == SAFETENSORS_SUFFIX:
-        st = _safetensors()
-        try:
-            with st.safe_open(str(p), framework="pt") as handle:
-                metadata = dict(handle.metadata() or {})
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except Exception as exc:
-            raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from exc
-        return CheckpointFile(p, tensors, metadata)
-    try:
-        content = _torch_load(p, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        not_pickle = _not_a_pickle(p)
-        if not_pickle:  # torch calls every unreadable file an unsafe pickle
-            raise CheckpointError(f"{p}: not a PyTorch checkpoint: {not_pickle}") from None
-        raise UnsafeCheckpointError(
-            f"{p}: refused to load: the pickle needs Python code that could do anything when "
-            f"unpickled, and quantcore loads only plain tensors and containers "
-            f"(torch.load(weights_only=True)). Nothing in it was run. Detail: "
-            f"{_first_line(exc)}. If you trust the file, load it yourself "
-            "(torch.load(path, weights_only=False)) and pass the model or its state_dict() to "
-            "quantcore; better, re-save it as a state dict or a .safetensors file."
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"{p}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: "
-            f"{_first_line(exc)})"
-        ) from None
-    return CheckpointFile(p, content)
-
-
-def _not_a_pickle(path: Path) -> str:
-    """Why ``path`` is no torch.save file (a zip or a pickle), or "" when it is one."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(10)
-    except OSError:
-        return ""
-    if head.startswith((b"PK\x03\x04", b"\x80")):
-        return ""
-    if len(head) == 10 and head[8:10] == b'{"':
-        return "it is a safetensors file: give it the .safetensors suffix"
-    return (
-        "neither a torch.save zip nor a pickle; quantcore reads .pt/.pth/.bin/.ckpt files "
-        "written by torch.save and .safetensors files"
-    )
-
-
-def _torch_load(path: Path, *, mmap: bool) -> object:
-    if mmap:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError:
-            raise
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zipfile" not in str(exc):
-                raise
-            # legacy (pre-zipfile) checkpoints cannot be memory-mapped
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if line.strip():
-            # torch's message starts with a generic sentence; the GLOBAL line says what was asked
-            if "GLOBAL" in text and "GLOBAL" not in line:
-                continue
-            return line.strip()
-    return text or type(exc).__name__
-
-
-def shard_paths(index_path: PathLike, filenames: Iterable[str]) -> dict[str, Path]:
-    """Resolve the shard names an index lists; a name that escapes the index's folder is refused."""
-    index = Path(index_path)
-    folder = index.parent.resolve()
-    resolved: dict[str, Path] = {}
-    for name in filenames:
-        try:
-            candidate = (folder / name).resolve()
-        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
-            raise CheckpointError(
-                f"{index}: the index names shard {name[:200]!r}, which is not a usable file name "
-                f"({exc})"
-            ) from None
-        if Path(name).is_absolute() or not candidate.is_relative_to(folder):
-            raise UnsafeCheckpointError(
-                f"{index}: the index names shard {name!r}, which is outside the checkpoint's "
-                f"folder {folder}; refused. Shard names must be files next to the index."
-            )
-        resolved[name] = candidate
-    missing = [name for name, p in resolved.items() if not _is_file(p)]
-    if missing:
-        raise CheckpointError(
-            f"{index}: shard file(s) listed in the index are missing: {', '.join(sorted(missing))}"
-        )
-    return resolved
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def read_index(path: PathLike) -> dict[str, Any]:
-    """Read a shard index (``{"weight_map": {tensor: shard file}, "metadata": {...}}``)."""
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{p}: not a readable JSON shard index ({exc})") from exc
-    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise CheckpointError(
-            f"{p}: a shard index needs a 'weight_map' object mapping tensor names to shard files"
-        )
-    return dict(raw)
 
 
 # -- the quantcore file format ---------------------------------------------------------------
@@ -391,7 +245,7 @@ def load(
             if isinstance(t, nn.Parameter):
                 placeholder = nn.Parameter(placeholder, requires_grad=t.requires_grad)
             shared.clones[id(t)] = placeholder
-    model = _copy_tree(skeleton, replacements, shared)
+    model = assemble_module(skeleton, replacements, shared)
     _check_quantized_tensors(qfile, model, quantized_ids)
     _fill(model, qfile, type(skeleton).__name__, strict)
     model.eval()
@@ -469,7 +323,7 @@ def sharded_names(path: Path, count: int) -> tuple[Path, list[Path]]:
     return index, shards
 
 
-ShardProgress = Any  # Callable[[int, int, str], None]: (shard index, shard count, shard name)
+ShardProgress = Callable[[int, int, str], None]  # (shard index, shard count, shard name)
 
 
 def quantize_to_file(
@@ -477,46 +331,53 @@ def quantize_to_file(
     path: PathLike,
     dtype: str | torch.dtype | None = None,
     *,
-    include: str | Iterable[str] | None = None,
-    exclude: str | Iterable[str] | None = None,
+    include: Selectors | None = None,
+    exclude: Selectors | None = None,
+    overrides: Overrides | None = None,
     config: ConfigInput = None,
     plugin_manager: QuantcorePluginManager | None = None,
     disable_plugins: Iterable[str] | None = None,
     strict: bool | None = None,
+    log_level: str | None = None,
     progress: Progress | None = None,
     shard_progress: ShardProgress | None = None,
     calibration: object = None,
-    **accuracy: Any,
+    max_error: float | None = None,
+    error_metric: str | Callable[[Any, Any], float] | None = None,
+    fallback: str | None = None,
+    smooth: bool | None = None,
+    smooth_alpha: float | None = None,
 ) -> tuple[QuantizationReport, tuple[Path, ...]]:
     """Quantize ``obj`` and write the result; returns the report and the files written.
 
-    Settings resolve as in :func:`quantcore.quantize` (parameters over configuration files over
-    defaults). A sharded input is quantized shard by shard and written as a sharded output with
-    its own index (see :func:`sharded_names`), so memory stays bounded by the largest shard.
-    ``calibration`` and ``accuracy`` (``max_error``, ``error_metric``, ``fallback``, ``smooth``,
-    ``smooth_alpha``) act as in quantize(); they need a module input.
+    Takes the settings :func:`quantcore.quantize` takes (:class:`quantcore.QuantizeSettings`)
+    and its ``calibration`` inputs, resolved the same way (parameters over configuration files
+    over defaults). A sharded input is quantized shard by shard and written as a sharded output
+    with its own index (see :func:`sharded_names`), so memory stays bounded by the largest shard.
+    With calibration (a module input) the accuracy path runs as in quantize(), then the result
+    is written.
     """
-    target = output_path(path, obj)
-    effective = resolve_settings(
-        config,
+    settings = QuantizeSettings(
         dtype=dtype,
         include=include,
         exclude=exclude,
+        overrides=overrides,
         disable_plugins=disable_plugins,
         strict=strict,
-        **accuracy,
+        log_level=log_level,
+        max_error=max_error,
+        error_metric=error_metric,
+        fallback=fallback,
+        smooth=smooth,
+        smooth_alpha=smooth_alpha,
     )
-    if calibration is not None or effective.max_error is not None or effective.smooth:
-        result = quantize(
-            obj,
-            config=effective,
-            plugin_manager=plugin_manager,
-            progress=progress,
-            calibration=calibration,
-        )
+    target = output_path(path, obj)
+    effective = settings.resolve(config)
+    if needs_calibration(effective, calibration):
+        result = quantize_result(obj, effective, plugin_manager, progress, calibration)
         return result.report, (save(result, target),)
-    with configured_job(obj, plugin_manager, effective) as job:
-        return _quantize_job_to_file(job, target, progress, shard_progress)
+    with configured_job(obj, effective, plugin_manager) as job:
+        return _write_job(job, target, progress, shard_progress)
 
 
 def output_path(path: PathLike, source: object = None) -> Path:
@@ -539,49 +400,36 @@ def _is_safetensors(source: object) -> bool:
     return p.name.endswith((SAFETENSORS_SUFFIX, SAFETENSORS_SUFFIX + INDEX_SUFFIX))
 
 
-def _quantize_job_to_file(
+def _write_job(
     job: QuantizationJob,
     target: Path,
     progress: Progress | None,
     shard_progress: ShardProgress | None,
 ) -> tuple[QuantizationReport, tuple[Path, ...]]:
     if job.adapted.shards is None:
-        result = job.run(job.adapted, progress)
+        result = job.run(progress)
         assert result.manifest is not None
         return result.report, _with_companions(job, (save(result, target),), result.manifest)
     shards = job.adapted.shards
     index_path, shard_files = sharded_names(target, len(shards))
     weight_map: dict[str, str] = {}
-    manifest = Manifest(job.scheme.name, (), quantcore_version())
-    layers: list[Any] = []
-    size_before = size_after = 0
-    for i, (shard, out_file) in enumerate(zip(shards, shard_files, strict=True)):
-        if shard_progress is not None:
-            shard_progress(i, len(shards), shard.name)
-        tensors = shard.load()
-        part = job.run(
-            AdaptedInput(state_dict=tensors, description=shard.name), progress, log=False
-        )
-        size_before += tensor_bytes(tensors.values())
-        del tensors
-        assert part.manifest is not None
-        _write(out_file, part.state_dict, _metadata(part.manifest))
-        manifest = manifest.merged(part.manifest)
+    parts: list[Quantized] = []
+    quantized = job.quantize_shards(progress, on_shard=shard_progress)
+    for (_, part), out_file in zip(quantized, shard_files, strict=True):
+        assert part.state_dict is not None
+        _write(out_file, part.state_dict, _metadata(job.manifest(part.records)))
         weight_map.update(dict.fromkeys(part.state_dict, out_file.name))
-        size_after += part.report.size_after
-        layers.extend(part.report.layers)
-        del part
+        parts.append(dataclasses.replace(part, state_dict=None))  # written: not kept
     if shard_progress is not None:
         shard_progress(len(shards), len(shards), "")
-    job.check_result(layers, {})
+    result = job.finish(Quantized.merge(parts))
+    assert result.manifest is not None
     index = {
-        "metadata": {**_metadata(manifest), "total_size": size_after},
+        "metadata": {**_metadata(result.manifest), "total_size": result.report.size_after},
         "weight_map": weight_map,
     }
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
-    report = job.report(job.adapted, layers, size_before, size_after)
-    _log_report(report)
-    return report, _with_companions(job, (index_path, *shard_files), manifest)
+    return result.report, _with_companions(job, (index_path, *shard_files), result.manifest)
 
 
 def _with_companions(

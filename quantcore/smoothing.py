@@ -29,9 +29,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from quantcore.assemble import _HOOK_DICTS, _shallow_copy
 from quantcore.calibration import Batch
 from quantcore.config import QuantizeConfig
-from quantcore.orchestrate import _HOOK_DICTS, _shallow_copy
 
 if TYPE_CHECKING:
     from quantcore.plugin_manager import QuantcorePluginManager
@@ -279,7 +279,8 @@ def smooth_model(
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """The smoothed copy (or ``model`` itself when nothing helps) and one report line per fold
     tried: kept with the error it saves, or why not."""
-    scheme = manager.registry().scheme(config.dtype)
+    registry = manager.registry()
+    scheme = registry.scheme(config.dtype) if config.dtype else registry.default_scheme()
     spec = scheme.layer_specs.get("linear")
     if spec is None or spec.activation is None:
         return model, (f"not applied: scheme {scheme.name!r} quantizes no linear activations",)

@@ -17,6 +17,9 @@ class Granularity(str, Enum):
     PER_CHANNEL = (
         "per_channel"  # one scale per slice along ``axis`` (output channel, embedding row)
     )
+    # weights: one scale per group of ``group_size`` consecutive elements of a slice along
+    # ``axis`` (the input axis of a linear weight), as torchao's block_size (1, group_size)
+    PER_GROUP = "per_group"
     PER_TOKEN = "per_token"  # activations: one scale per row of the flattened input
     NONE = "none"  # the format needs no scale (fp16 weights)
 
@@ -26,17 +29,41 @@ class Granularity(str, Enum):
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """How a layer's weight is quantized ahead of time."""
+    """How a layer's weight is quantized ahead of time.
+
+    ``axis`` is the output axis (one scale per slice along it); ``group_size``, required by
+    ``PER_GROUP`` and refused by the others, splits each slice (flattened, in memory order: the
+    input axis of a linear weight) into groups of that many elements with a scale each.
+    """
 
     granularity: Granularity = Granularity.PER_CHANNEL
     symmetric: bool = True
     observer: str | None = "minmax"
     axis: int = 0
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        grouped = self.granularity is Granularity.PER_GROUP
+        if grouped and (
+            isinstance(self.group_size, bool)
+            or not isinstance(self.group_size, int)
+            or self.group_size < 1
+        ):
+            raise ValueError(
+                f"per_group weights need a positive group_size, not {self.group_size!r}"
+            )
+        if not grouped and self.group_size is not None:
+            raise ValueError(
+                f"group_size={self.group_size} goes with granularity per_group, not "
+                f"{self.granularity.value}"
+            )
 
     def describe(self) -> str:
         if self.granularity is Granularity.NONE:
             return "unscaled"
         kind = "symmetric" if self.symmetric else "asymmetric"
+        if self.granularity is Granularity.PER_GROUP:
+            return f"per_group({self.group_size}), {kind}"
         return f"{self.granularity.value}, {kind}"
 
 

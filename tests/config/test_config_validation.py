@@ -82,7 +82,7 @@ MALFORMED = [
         "overrides[0].granularity",
         [
             "unknown weight granularity 'per_chanel'",
-            "allowed: per_tensor, per_channel",
+            "allowed: per_tensor, per_channel, per_group",
             "did you mean 'per_channel'?",
         ],
     ),
@@ -116,7 +116,7 @@ MALFORMED = [
         '[[overrides]]\nmatch = "0"\n',
         quantcore.ConfigValueError,
         "overrides[0]",
-        ["sets nothing", "allowed: dtype, granularity, symmetric, observer, skip"],
+        ["sets nothing", "allowed: dtype, granularity, group_size, symmetric, observer, skip"],
     ),
     (
         "synonym-twice",
