@@ -4,16 +4,20 @@ quantized weight tensor. Plain data, serialized as JSON (safetensors headers hol
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from types import UnionType
+from typing import Any, TypeVar, Union
 
 import torch
 from torch import nn
 
 from quantcore.errors import IncompatibleFormatError, SerializationError
-from quantcore.specs import ActivationSpec, Granularity, LayerSpec, QuantizedWeight, WeightSpec
+from quantcore.specs import ActivationSpec, LayerSpec, QuantizedWeight, WeightSpec
 
 FORMAT_NAME = "quantcore"
 # Bump when a file written by this version cannot be read correctly by older readers.
@@ -142,28 +146,69 @@ def _dtype(name: str) -> torch.dtype:
     return value
 
 
-def weight_spec_to_dict(spec: WeightSpec) -> dict[str, Any]:
+SpecT = TypeVar("SpecT", WeightSpec, ActivationSpec)
+
+
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field's types, None left out (``int | None`` -> ``(int,)``)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (Union, UnionType) else (hint,)
+        out[f.name] = tuple(a for a in args if a is not type(None))
+    return out
+
+
+def spec_to_dict(spec: WeightSpec | ActivationSpec) -> dict[str, Any]:
+    """Every field of a spec as JSON (enums by value): a new field is written with no code
+    here, and files written before it read back with its default."""
     return {
-        "granularity": spec.granularity.value,
-        "symmetric": spec.symmetric,
-        "observer": spec.observer,
-        "axis": spec.axis,
+        f.name: value.value if isinstance(value, Enum) else value
+        for f in dataclasses.fields(spec)
+        for value in [getattr(spec, f.name)]
     }
 
 
+def _decode(value: object, types: tuple[type, ...], name: str) -> object:
+    if value is None:
+        return None
+    kind = types[0]
+    if issubclass(kind, Enum):
+        return kind(value)
+    if kind is bool or kind is str:
+        if not isinstance(value, kind):
+            raise ValueError(f"{name} must be a {kind.__name__}, not {value!r}")
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{name} must be an {kind.__name__}, not {value!r}")
+
+
+def spec_from_dict(cls: type[SpecT], raw: Mapping[str, Any]) -> SpecT:
+    """The spec a :func:`spec_to_dict` dict describes; absent fields take their defaults (files
+    written before the field existed), unknown keys are ignored."""
+    values = {
+        name: _decode(raw[name], types, name)
+        for name, types in _field_types(cls).items()
+        if name in raw
+    }
+    return cls(**values)  # type: ignore[arg-type]
+
+
+def weight_spec_to_dict(spec: WeightSpec) -> dict[str, Any]:
+    return spec_to_dict(spec)
+
+
 def weight_spec_from_dict(raw: Mapping[str, Any]) -> WeightSpec:
-    return WeightSpec(
-        Granularity(raw["granularity"]), bool(raw["symmetric"]), raw["observer"], int(raw["axis"])
-    )
+    return spec_from_dict(WeightSpec, raw)
 
 
 def layer_spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
     act = spec.activation
     return {
-        "weight": weight_spec_to_dict(spec.weight),
-        "activation": None
-        if act is None
-        else {"granularity": act.granularity.value, "symmetric": act.symmetric, "bits": act.bits},
+        "weight": spec_to_dict(spec.weight),
+        "activation": None if act is None else spec_to_dict(act),
         "granularity": spec.describe(),  # human-readable, for `quantcore inspect`
         "reason": spec.reason,
     }
@@ -171,16 +216,10 @@ def layer_spec_to_dict(spec: LayerSpec) -> dict[str, Any]:
 
 def layer_spec_from_dict(raw: Mapping[str, Any]) -> LayerSpec:
     act = raw["activation"]
-    activation = (
-        None
-        if act is None
-        else ActivationSpec(
-            Granularity(act["granularity"]),
-            bool(act["symmetric"]),
-            None if act.get("bits") is None else int(act["bits"]),
-        )
+    activation = None if act is None else spec_from_dict(ActivationSpec, act)
+    return LayerSpec(
+        spec_from_dict(WeightSpec, raw["weight"]), activation, str(raw.get("reason", ""))
     )
-    return LayerSpec(weight_spec_from_dict(raw["weight"]), activation, str(raw.get("reason", "")))
 
 
 def _layer_to_dict(layer: LayerRecord) -> dict[str, Any]:

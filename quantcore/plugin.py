@@ -11,13 +11,20 @@ A plugin module implements hooks and yields registration records::
 
 Here are the hook markers and the records (:class:`Scheme`, :class:`Observer`,
 :class:`LayerMapper`, :class:`InputAdapter`, :class:`KernelBackend` and what they exchange), the
-spec vocabulary, what a mapper gets
+spec vocabulary and the affine quantization functions any format can share, what a mapper gets
 for one layer (:class:`ConversionContext`), the quantized-module runtime a mapper builds its
 layers on (:class:`QuantizedModule`, :class:`QuantizedLinear`, ...), ``torch.compile`` support for
 kernels, checkpoint reading for input adapters, the errors a plugin raises, and the plugin
 manager for testing a plugin in-process. docs/plugins.md describes them.
 """
 
+from quantcore.affine import (
+    affine_params,
+    dequantize_affine,
+    expand_params,
+    group_view,
+    quantize_affine,
+)
 from quantcore.checkpoints import CheckpointFile, read_checkpoint, read_index, shard_paths
 from quantcore.context import ConversionContext, SharedState
 from quantcore.errors import (
@@ -125,6 +132,11 @@ __all__ = [
     "WeightSpec",
     "adapt_input",
     "attach_manifest",
+    "quantize_affine",
+    "group_view",
+    "expand_params",
+    "dequantize_affine",
+    "affine_params",
     "call_in_graph",
     "create_plugin_manager",
     "discover_plugins",

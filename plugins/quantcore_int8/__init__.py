@@ -21,7 +21,7 @@ from quantcore_int8.kernels_embedding import (
 from quantcore_int8.quantization import FORMAT, dequantize_weight, quantize_weight
 
 # Defaults for the layer kinds beyond linear, chosen from the measurements in docs/schemes.md
-# (research/measure_layer_specs.py reproduces them).
+# (benchmarks/measure_layer_specs.py reproduces them).
 LAYER_KIND_SPECS = {
     "attention": LayerSpec(
         weight=WeightSpec(Granularity.PER_CHANNEL, symmetric=True, observer="minmax", axis=0),

@@ -8,12 +8,22 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from quantcore import plugin
 from quantcore.plugin import KernelRequest, QuantizedWeight
 
 
 def _rows(weight: QuantizedWeight, index: torch.Tensor) -> torch.Tensor:
-    """float32 values of rows ``index`` of a table quantized per row (or per tensor)."""
+    """float32 values of rows ``index`` of a table quantized per row, per group of a row, or
+    per tensor."""
     assert weight.scale is not None
+    group_size = weight.spec.group_size if weight.spec else None
+    if group_size is not None:
+        flat = index.reshape(-1)
+        zero_point = None if weight.zero_point is None else weight.zero_point[flat]
+        rows = plugin.dequantize_affine(
+            weight.data[flat], weight.scale[flat], zero_point, axis=0, group_size=group_size
+        )
+        return rows.reshape(*index.shape, -1)
     values = weight.data[index].to(torch.float32)
     per_row = weight.scale.dim() > 0
     if weight.zero_point is not None:
@@ -23,7 +33,8 @@ def _rows(weight: QuantizedWeight, index: torch.Tensor) -> torch.Tensor:
 
 
 def supports_rows(request: KernelRequest) -> bool:
-    """Rows can be dequantized independently: per-row (axis 0) or per-tensor parameters."""
+    """Rows can be dequantized independently: per-row or per-group (axis 0) or per-tensor
+    parameters."""
     spec = request.weight.spec
     scale = request.weight.scale
     return scale is not None and (scale.dim() == 0 or (spec is not None and spec.axis % 2 == 0))

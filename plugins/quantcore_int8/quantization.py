@@ -15,15 +15,6 @@ _TINY = torch.finfo(torch.float32).tiny
 _F32_MAX = torch.finfo(torch.float32).max
 
 
-def _broadcast(values: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
-    """Reshape per-slice values so they broadcast against ``like`` along ``axis``."""
-    if values.dim() == 0:
-        return values
-    shape = [1] * like.dim()
-    shape[axis] = -1
-    return values.reshape(shape)
-
-
 def quantize_weight(
     weight: torch.Tensor, spec: WeightSpec, observer: plugin.Observer | None
 ) -> QuantizedWeight:
@@ -39,14 +30,7 @@ def quantize_weight(
         )
     qmin, qmax = SYMMETRIC_RANGE if spec.symmetric else ASYMMETRIC_RANGE
     axis = spec.axis % weight.dim() if weight.dim() else 0
-    params = observer.compute(
-        weight,
-        granularity=spec.granularity,
-        axis=axis,
-        symmetric=spec.symmetric,
-        qmin=qmin,
-        qmax=qmax,
-    )
+    params = plugin.affine_params(weight, spec, observer, qmin, qmax)
     scale = params.scale.to(torch.float32)
     # "minmax" scales come from the exact range, so a NaN or Inf anywhere makes its row's scale
     # non-finite: checking the scales spares a full pass over the weight (a third of the time).
@@ -58,29 +42,43 @@ def quantize_weight(
     data = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
     # Row blocks bound the float32 temporaries to a few MB, whatever the weight's size (an
     # embedding table can be half of a model): quantizing never holds a second float copy.
-    step = max(1, _CHUNK_ELEMENTS // max(1, weight[0].numel())) if weight.dim() else 1
-    for start in range(0, max(1, weight.shape[0] if weight.dim() else 1), step):
-        rows = slice(start, start + step)
-        block = weight[rows] if weight.dim() else weight
-        per_row = axis == 0 and scale.dim() > 0
-        block_scale = scale[rows] if per_row else scale
-        q = (block.to(torch.float32) / _broadcast(block_scale, block, axis)).round_()
-        if zero_point is not None:
-            q.add_(_broadcast(zero_point[rows] if per_row else zero_point, block, axis))
-        target = data[rows] if weight.dim() else data
-        target.copy_(q.clamp_(qmin, qmax))
+    per_row = axis == 0 and scale.dim() > 0
+    rows = weight.shape[0] if weight.dim() else 1
+    blocked = weight.dim() > 0 and (axis == 0 or spec.group_size is None)
+    step = max(1, _CHUNK_ELEMENTS // max(1, weight[0].numel())) if blocked else rows
+    for start in range(0, max(1, rows), step):
+        block_rows = slice(start, start + step)
+        block = weight[block_rows] if weight.dim() else weight
+        target = data[block_rows] if weight.dim() else data
+        target.copy_(
+            plugin.quantize_affine(
+                block,
+                scale[block_rows] if per_row else scale,
+                None if zero_point is None else zero_point[block_rows] if per_row else zero_point,
+                axis=axis,
+                group_size=spec.group_size,
+                qmin=qmin,
+                qmax=qmax,
+                dtype=torch.int8,
+            )
+        )
     return QuantizedWeight(FORMAT, data, scale=scale, zero_point=zero_point, spec=spec)
 
 
 def dequantize_weight(weight: QuantizedWeight) -> torch.Tensor:
     """float32 values of a quantized weight: the reference every kernel is checked against."""
     assert weight.scale is not None
-    axis = weight.spec.axis % weight.data.dim() if weight.spec and weight.data.dim() else 0
-    values = weight.data.to(torch.float32)
-    if weight.zero_point is not None:
-        values = values - _broadcast(weight.zero_point, values, axis)
+    spec = weight.spec
+    axis = spec.axis % weight.data.dim() if spec and weight.data.dim() else 0
+    values = plugin.dequantize_affine(
+        weight.data,
+        weight.scale,
+        weight.zero_point,
+        axis=axis,
+        group_size=spec.group_size if spec else None,
+    )
     # a value within half a step of float32's limit may round up past it: saturate, don't overflow
-    return (values * _broadcast(weight.scale, values, axis)).clamp_(-_F32_MAX, _F32_MAX)
+    return values.clamp_(-_F32_MAX, _F32_MAX)
 
 
 # Rows whose largest magnitude is below this quantize to zero (and 127 / bound stays finite).
