@@ -287,6 +287,58 @@ class UsageError(Exception):
     """A command-line usage problem found after parsing (exit code 2)."""
 
 
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """An option for every field of QuantizeSettings; ``_settings(args)`` reads them back."""
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        metavar="SCHEME",
+        help="quantization scheme: a name or alias a plugin provides (built in: int8, the "
+        "default unless a configuration file says otherwise, and fp16)",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="quantize only layers matching this glob or re:REGEX (repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="glob of layer names to keep in float (repeatable), e.g. 'lm_head' or 'encoder.*'",
+    )
+    parser.add_argument(
+        "--override",
+        dest="overrides",
+        action="append",
+        type=_override,
+        metavar="KEY=VALUE,...",
+        help="per-layer rule (repeatable, applied in order), e.g. 'match=lm_head,skip=true' or "
+        "'layer_type=Embedding,dtype=fp16'; keys as in a configuration file's [[overrides]]",
+    )
+    parser.add_argument(
+        "--disable-plugin",
+        dest="disable_plugins",
+        action="append",
+        metavar="NAME",
+        help="plugin (entry-point) or distribution name not to load (repeatable)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="third-party plugin failures, patterns matching no layer, and an empty result are "
+        "errors",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        metavar="LEVEL",
+        help="level of the quantcore logger: DEBUG, INFO, WARNING (default), ERROR, CRITICAL",
+    )
+
+
 def _add_quantize_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``quantcore quantize``: an option for every setting of QuantizeSettings (a test checks)."""
     from quantcore.cli_accuracy import add_budget_arguments, add_model_argument
@@ -313,54 +365,7 @@ def _add_quantize_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="OUTPUT",
         help="file to write: .safetensors (needs the safetensors extra) or .pt",
     )
-    quantize.add_argument(
-        "--dtype",
-        default=None,
-        metavar="SCHEME",
-        help="quantization scheme: a name or alias a plugin provides (built in: int8, the "
-        "default unless a configuration file says otherwise, and fp16)",
-    )
-    quantize.add_argument(
-        "--include",
-        action="append",
-        metavar="PATTERN",
-        help="quantize only layers matching this glob or re:REGEX (repeatable)",
-    )
-    quantize.add_argument(
-        "--exclude",
-        action="append",
-        metavar="PATTERN",
-        help="glob of layer names to keep in float (repeatable), e.g. 'lm_head' or 'encoder.*'",
-    )
-    quantize.add_argument(
-        "--override",
-        dest="overrides",
-        action="append",
-        type=_override,
-        metavar="KEY=VALUE,...",
-        help="per-layer rule (repeatable, applied in order), e.g. 'match=lm_head,skip=true' or "
-        "'layer_type=Embedding,dtype=fp16'; keys as in a configuration file's [[overrides]]",
-    )
-    quantize.add_argument(
-        "--disable-plugin",
-        dest="disable_plugins",
-        action="append",
-        metavar="NAME",
-        help="plugin (entry-point) or distribution name not to load (repeatable)",
-    )
-    quantize.add_argument(
-        "--strict",
-        action="store_true",
-        default=None,
-        help="third-party plugin failures, patterns matching no layer, and an empty result are "
-        "errors",
-    )
-    quantize.add_argument(
-        "--log-level",
-        default=None,
-        metavar="LEVEL",
-        help="level of the quantcore logger: DEBUG, INFO, WARNING (default), ERROR, CRITICAL",
-    )
+    add_setting_options(quantize)
     add_config_argument(quantize)
     add_model_argument(quantize, required=False)
     add_budget_arguments(quantize)
