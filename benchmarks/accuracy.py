@@ -170,7 +170,12 @@ def part_convs(out: dict[str, Any]) -> None:
     specs = dict(int8.layer_specs)
     specs["conv"] = dataclasses.replace(specs["conv"], activation=None, keep_reason=None)
     weight_only = dataclasses.replace(
-        int8, name="int8-conv-weight-only", aliases=(), layer_specs=specs
+        int8,
+        name="int8-conv-weight-only",
+        aliases=(),
+        torch_dtypes=(),
+        default=False,
+        layer_specs=specs,
     )
 
     class WeightOnly:

@@ -60,6 +60,6 @@ def call_in_graph(handle: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``kernel(x)`` as one opaque op of the graph being traced, for the kernel ``handle`` stands
     for (its eager call runs when the graph runs). The output has ``x``'s dtype and leading dims
     followed by the handle's ``shape``; afterwards the kernel's ``after_graph_call``, if set, is
-    called (see :class:`quantcore.PackedWeightKernel`)."""
+    called (see :class:`quantcore.plugin.PackedWeightKernel`)."""
     out: torch.Tensor = torch.ops.quantcore.kernel_call(x, handle)
     return out

@@ -5,11 +5,11 @@ implementation separately so that a failure is attributed to the plugin that cau
 
 A plugin module looks like::
 
-    import quantcore
+    from quantcore import plugin
 
-    @quantcore.hookimpl
+    @plugin.hookimpl
     def quantcore_schemes():
-        yield quantcore.Scheme(name="toy", ...)
+        yield plugin.Scheme(name="toy", ...)
 """
 
 from __future__ import annotations

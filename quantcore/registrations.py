@@ -280,7 +280,7 @@ class PackedWeightKernel(Protocol):
     pickling).
 
     A kernel that runs some calls where the layer's own code does not run per call (as one op
-    of a ``torch.compile`` graph, :func:`quantcore.call_in_graph`) may have an
+    of a ``torch.compile`` graph, :func:`quantcore.plugin.call_in_graph`) may have an
     ``after_graph_call`` attribute, None by default: quantcore's layers set it to a function
     that makes the same ``release_plain_weight()`` check, and ``call_in_graph``'s op calls it
     after each call it runs.
