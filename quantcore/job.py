@@ -164,8 +164,10 @@ class QuantizationJob:
         plan = plan_module(root, self.scheme, self.registry, self.selection)
         shared = SharedState()
         converted = convert_plan(plan, self.registry, shared, progress)
-        replacements = {id(c.layer.module): c.output for c in converted}
-        module = assemble_module(root, replacements, shared)  # type: ignore[arg-type]
+        replacements = {
+            id(c.layer.module): c.output for c in converted if isinstance(c.output, nn.Module)
+        }
+        module = assemble_module(root, replacements, shared)
         module.eval()
         return Quantized(
             module,
@@ -183,8 +185,10 @@ class QuantizationJob:
         plan = plan_state_dict(state_dict, self.scheme, self.registry, self.selection)
         shared = SharedState()
         converted = convert_plan(plan, self.registry, shared, progress)
-        outputs = {c.layer.prefix: c.output for c in converted}
-        quantized = assemble_state_dict(state_dict, outputs, shared)  # type: ignore[arg-type]
+        outputs = {
+            c.layer.prefix: c.output for c in converted if not isinstance(c.output, nn.Module)
+        }
+        quantized = assemble_state_dict(state_dict, outputs, shared)
         return Quantized(
             None,
             quantized,

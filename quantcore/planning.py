@@ -40,12 +40,12 @@ class PlannedLayer:
     prefix: str = ""
     tensors: Mapping[str, torch.Tensor] | None = None
 
-    def line(self, status: str, **fields: Any) -> LayerReport:
+    def line(self, status: LayerStatus, **fields: Any) -> LayerReport:
         """This layer's report line."""
         return LayerReport(
             name=self.name,
             layer_type=self.layer_type,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             layer_kind=self.mapper.layer_kind,
             mapper=self.mapper.name,
             override=self.override,
