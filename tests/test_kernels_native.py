@@ -466,3 +466,91 @@ def test_the_sequence_releases_its_pieces_plain_weights_and_survives_copies(dtyp
     assert all(torch.equal(copied.state_dict()[k], v) for k, v in before.items())
     with torch.inference_mode():
         assert torch.equal(copied(x)[0], expected)
+
+
+# ------------------------------------------------------------------------------ embeddings
+
+
+def _table_request(fmt: str, op: str, **options: object) -> KernelRequest:
+    torch.manual_seed(7)
+    table = torch.randn(40, 12)
+    registry = quantcore.create_plugin_manager().registry()
+    scheme = registry.scheme(fmt)
+    spec = scheme.layer_specs[op].weight
+    observer = registry.observer(spec.observer) if spec.observer else None
+    weight = scheme.quantize_weight(table, spec, observer)
+    options.setdefault("dtype", torch.float32)
+    return KernelRequest(op, weight, None, None, CPU, options)
+
+
+def _reference_kernel(request: KernelRequest) -> object:
+    registry = quantcore.create_plugin_manager().registry()
+    (reference,) = (
+        b
+        for b in registry.kernel_backends
+        if b.reference and b.op == request.op and b.weight_format == request.weight.format
+    )
+    return reference.prepare(request)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp16"])
+def test_native_embedding_lookups_are_the_reference_rows(fmt: str) -> None:
+    request = _table_request(fmt, "embedding")
+    kernel = (kernels_native if fmt == "int8" else fp16_native).prepare_native_embedding(request)
+    index = torch.tensor([[0, 39, 5], [5, 5, 1]])
+    assert torch.equal(kernel(index), _reference_kernel(request)(index))  # type: ignore[operator]
+    with pytest.raises(IndexError, match="out of range"):
+        kernel(torch.tensor([40]))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp16"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"padding_idx": 2}, {"include_last_offset": True}, {"dtype": torch.bfloat16}],
+)
+def test_native_embedding_bags_compute_the_reference(
+    fmt: str, mode: str, options: dict[str, object]
+) -> None:
+    request = _table_request(fmt, "embedding_bag", mode=mode, **options)
+    module = kernels_native if fmt == "int8" else fp16_native
+    # FP16 layers of another dtype reduce in that dtype, as the reference does: not native
+    assert module.supports_native_table(request) == (fmt == "int8" or "dtype" not in options)
+    kernel = module.prepare_native_embedding_bag(request)
+    reference = _reference_kernel(request)
+    indices = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9, 2, 2, 7])
+    last = options.get("include_last_offset")
+    offsets = torch.tensor([0, 3, 3, 8, 11] if last else [0, 3, 3, 8])  # an empty bag too
+    calls: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = [
+        (indices, offsets, None),
+        (indices.reshape(1, -1)[:, :10].reshape(2, 5), None, None),
+    ]
+    if mode == "sum":
+        calls.append((indices, offsets, torch.rand(indices.shape)))
+    for args in calls:
+        got, want = kernel(*args), reference(*args)  # type: ignore[operator]
+        assert got.dtype == want.dtype == options.get("dtype", torch.float32)
+        if module.supports_native_table(request):
+            assert torch.allclose(got.float(), want.float(), rtol=1e-6, atol=1e-6), args
+
+
+def test_native_lookups_trace_as_the_reference_under_torch_compile() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(8)
+    model = nn.ModuleDict({"table": nn.Embedding(40, 12), "bag": nn.EmbeddingBag(40, 12)})
+
+    class Lookups(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, index: torch.Tensor) -> torch.Tensor:
+            return self.inner["table"](index).sum(1) + self.inner["bag"](index)
+
+    quantized = _quantize(Lookups())
+    assert quantized.inner["table"].kernel_name == "int8-embedding-native"
+    index = torch.tensor([[1, 2, 3], [4, 5, 39]])
+    with torch.no_grad():
+        assert torch._dynamo.explain(quantized)(index).graph_break_count == 0
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
+        assert torch.allclose(compiled(index), quantized(index), rtol=1e-6, atol=1e-6)

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "embedding.h"
 #include "fp16_linear.h"
 #include "int8_linear.h"
 #include "recurrent.h"
@@ -53,6 +54,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("x"), py::arg("packed"), py::arg("bias"), py::call_guard<py::gil_scoped_release>(),
       "[..., in] -> float32 [..., out] with the layer's packed weight");
+
+  m.def("embedding", &embedding, py::arg("table"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("input"), py::call_guard<py::gil_scoped_release>(),
+        "float32 rows of an int8 (scale, zero point) or float16 table");
+  m.def("embedding_bag", &embedding_bag, py::arg("table"), py::arg("scale"),
+        py::arg("zero_point"), py::arg("input"), py::arg("offsets"),
+        py::arg("per_sample_weights"), py::arg("mode"), py::arg("include_last_offset"),
+        py::arg("padding_idx"), py::call_guard<py::gil_scoped_release>(),
+        "embedding_bag (mode 0 sum, 1 mean, 2 max) over the table's dequantized rows");
 
   py::class_<Recurrent, std::shared_ptr<Recurrent>>(m, "Recurrent")
       .def(py::init<const std::string&, int64_t, int64_t, bool>(), py::arg("mode"),

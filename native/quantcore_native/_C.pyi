@@ -29,6 +29,23 @@ class Fp16Linear(NativeLinear):
     def unpack(self) -> torch.Tensor: ...
 
 def linear(x: torch.Tensor, packed: NativeLinear, bias: torch.Tensor | None) -> torch.Tensor: ...
+def embedding(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+) -> torch.Tensor: ...
+def embedding_bag(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+    offsets: torch.Tensor | None,
+    per_sample_weights: torch.Tensor | None,
+    mode: int,
+    include_last_offset: bool,
+    padding_idx: int,
+) -> torch.Tensor: ...
 
 class Recurrent:
     def __init__(

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISABLE_VARIABLE",
+    "EmbeddingBagKernel",
+    "EmbeddingKernel",
     "LinearKernel",
     "RecurrentKernel",
     "available",
     "extension",
     "supports_recurrent",
+    "supports_table",
     "unavailable_reason",
 ]
 
@@ -206,3 +209,156 @@ class RecurrentKernel:
             no_lengths if lengths is None else lengths,
         )
         return output.to(x.dtype), h_n.to(h0.dtype), c_n.to(c0.dtype)
+
+
+# ------------------------------------------------------------------------------- embeddings
+
+_BAG_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def supports_table(request: KernelRequest) -> bool:
+    """A table the native lookups read: float16 rows, or int8 rows with one scale (and zero
+    point) per row or per table."""
+    weight = request.weight
+    data, scale = weight.data, weight.scale
+    if request.device.type != "cpu" or data.dim() != 2:
+        return False
+    if data.dtype == torch.float16:
+        return scale is None
+    per_row = scale is not None and scale.numel() == data.shape[0] and weight.spec is not None
+    per_table = scale is not None and scale.numel() == 1
+    row_axis = weight.spec is None or weight.spec.axis % 2 == 0
+    return data.dtype == torch.int8 and (per_table or (per_row and row_axis))
+
+
+@torch.library.custom_op("quantcore_native::embedding", mutates_args=())
+def _embedding_op(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+) -> torch.Tensor:
+    """The lookup as an op a torch.compile graph can hold (eager calls skip it: pybind11 is
+    several microseconds cheaper than the custom-op wrapper)."""
+    out: torch.Tensor = extension().embedding(table, scale, zero_point, input)
+    return out
+
+
+@_embedding_op.register_fake
+def _embedding_fake(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+) -> torch.Tensor:
+    return table.new_empty((*input.shape, table.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("quantcore_native::embedding_bag", mutates_args=())
+def _embedding_bag_op(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+    offsets: torch.Tensor | None,
+    per_sample_weights: torch.Tensor | None,
+    mode: int,
+    include_last_offset: bool,
+    padding_idx: int,
+) -> torch.Tensor:
+    out: torch.Tensor = extension().embedding_bag(
+        table,
+        scale,
+        zero_point,
+        input,
+        offsets,
+        per_sample_weights,
+        mode,
+        include_last_offset,
+        padding_idx,
+    )
+    return out
+
+
+@_embedding_bag_op.register_fake
+def _embedding_bag_fake(
+    table: torch.Tensor,
+    scale: torch.Tensor | None,
+    zero_point: torch.Tensor | None,
+    input: torch.Tensor,
+    offsets: torch.Tensor | None,
+    per_sample_weights: torch.Tensor | None,
+    mode: int,
+    include_last_offset: bool,
+    padding_idx: int,
+) -> torch.Tensor:
+    if input.dim() == 2:
+        bags = input.shape[0]
+    else:
+        assert offsets is not None
+        bags = offsets.shape[0] - (1 if include_last_offset else 0)
+    return table.new_empty((bags, table.shape[1]), dtype=torch.float32)
+
+
+class _TableKernel:
+    """The table's tensors, and the format's reference kernel for what the native lookups do not
+    cover (``max_norm``, which renormalizes looked-up rows)."""
+
+    def __init__(self, request: KernelRequest, reference: Callable[..., torch.Tensor]) -> None:
+        weight = request.weight
+        self.table = weight.data.contiguous()
+        self.scale = None if weight.scale is None else weight.scale.reshape(-1)
+        self.zero_point = None if weight.zero_point is None else weight.zero_point.reshape(-1)
+        self.dtype: torch.dtype = request.options["dtype"]
+        self.native_serves = request.options.get("max_norm") is None
+        self.reference = reference
+        self.native = extension()
+
+
+class EmbeddingKernel(_TableKernel):
+    """``nn.Embedding`` lookups in one native call."""
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.native_serves:
+            return self.reference(input)
+        lookup = _embedding_op if torch.compiler.is_compiling() else self.native.embedding
+        out: torch.Tensor = lookup(self.table, self.scale, self.zero_point, input)
+        return out if self.dtype == torch.float32 else out.to(self.dtype)
+
+
+class EmbeddingBagKernel(_TableKernel):
+    """``nn.EmbeddingBag`` (every mode, offsets, per_sample_weights, padding_idx) in one native
+    call."""
+
+    def __init__(self, request: KernelRequest, reference: Callable[..., torch.Tensor]) -> None:
+        super().__init__(request, reference)
+        options = request.options
+        self.mode = _BAG_MODES[options.get("mode", "mean")]
+        self.include_last_offset: bool = options.get("include_last_offset", False)
+        # torch's mean and max read past the last offset to the end of the input when
+        # include_last_offset is set (its sum does not): the reference reproduces that exactly
+        self.native_serves &= not (self.include_last_offset and self.mode != 0)
+        padding_idx = options.get("padding_idx")
+        self.padding_idx = -1 if padding_idx is None else padding_idx % self.table.shape[0]
+
+    def __call__(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not self.native_serves:
+            return self.reference(input, offsets, per_sample_weights)
+        bag = _embedding_bag_op if torch.compiler.is_compiling() else self.native.embedding_bag
+        out: torch.Tensor = bag(
+            self.table,
+            self.scale,
+            self.zero_point,
+            input,
+            offsets,
+            per_sample_weights,
+            self.mode,
+            self.include_last_offset,
+            self.padding_idx,
+        )
+        return out if self.dtype == torch.float32 else out.to(self.dtype)

@@ -117,6 +117,23 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         priority=200,
         description="CUDA: float16 matmul on the tensor cores, input cast to float16 and back",
     )
+    for op, prepare in (
+        ("embedding", kernels_native.prepare_native_embedding),
+        ("embedding_bag", kernels_native.prepare_native_embedding_bag),
+    ):
+        yield plugin.KernelBackend(
+            name=f"fp16-{op.replace('_', '-')}-native",
+            op=op,
+            weight_format=FORMAT,
+            prepare=prepare,
+            is_available=quantcore_native.available,
+            supports=kernels_native.supports_native_table,
+            priority=40,
+            description=(
+                "CPU: looked-up rows dequantized (and reduced) in one native call (an op under "
+                "torch.compile); max_norm takes the reference"
+            ),
+        )
     yield plugin.KernelBackend(
         name="fp16-linear-native",
         op="linear",

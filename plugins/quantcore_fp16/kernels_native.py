@@ -14,10 +14,21 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
+from quantcore_native import (
+    EmbeddingBagKernel,
+    EmbeddingKernel,
+    LinearKernel,
+    RecurrentKernel,
+    supports_recurrent,
+    supports_table,
+)
 
 from quantcore.plugin import KernelRequest
 from quantcore_fp16.kernels_cpu import FBGEMM_FP16_MAX_TOKENS
+from quantcore_fp16.kernels_embedding import (
+    prepare_reference_embedding,
+    prepare_reference_embedding_bag,
+)
 
 if TYPE_CHECKING:
     from quantcore_native import _C
@@ -77,3 +88,21 @@ def supports_native_recurrent(request: KernelRequest) -> bool:
 
 def prepare_native_recurrent(request: KernelRequest) -> RecurrentKernel:
     return RecurrentKernel(request)
+
+
+def supports_native_table(request: KernelRequest) -> bool:
+    """Layers whose output is float32: the native lookups reduce in float32, while FP16 layers
+    of another dtype reduce in their own, as the reference does."""
+    return (
+        request.weight.format == "fp16"
+        and request.options.get("dtype") == torch.float32
+        and supports_table(request)
+    )
+
+
+def prepare_native_embedding(request: KernelRequest) -> EmbeddingKernel:
+    return EmbeddingKernel(request, prepare_reference_embedding(request))
+
+
+def prepare_native_embedding_bag(request: KernelRequest) -> EmbeddingBagKernel:
+    return EmbeddingBagKernel(request, prepare_reference_embedding_bag(request))

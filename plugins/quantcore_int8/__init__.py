@@ -160,6 +160,23 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
     )
     # Fast CPU kernels, most preferred first; each computes exactly what the reference does.
+    for op, prepare in (
+        ("embedding", kernels_native.prepare_native_embedding),
+        ("embedding_bag", kernels_native.prepare_native_embedding_bag),
+    ):
+        yield plugin.KernelBackend(
+            name=f"int8-{op.replace('_', '-')}-native",
+            op=op,
+            weight_format=FORMAT,
+            prepare=prepare,
+            is_available=quantcore_native.available,
+            supports=kernels_native.supports_native_table,
+            priority=40,
+            description=(
+                "CPU: looked-up rows dequantized (and reduced) in one native call (an op under "
+                "torch.compile); max_norm takes the reference"
+            ),
+        )
     yield plugin.KernelBackend(
         name="int8-linear-native",
         op="linear",

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import quantcore_native
 import torch
 import torch.nn.functional as F
-from quantcore_native import LinearKernel, RecurrentKernel, supports_recurrent
+from quantcore_native import (
+    EmbeddingBagKernel,
+    EmbeddingKernel,
+    LinearKernel,
+    RecurrentKernel,
+    supports_recurrent,
+    supports_table,
+)
 
 from quantcore.plugin import KernelRequest
 from quantcore_int8.kernels_cpu import (
@@ -25,6 +32,10 @@ from quantcore_int8.kernels_cpu import (
     onednn_available,
     onednn_int8_exact,
     supports_per_token,
+)
+from quantcore_int8.kernels_embedding import (
+    prepare_reference_embedding,
+    prepare_reference_embedding_bag,
 )
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 
@@ -97,3 +108,15 @@ def supports_native_recurrent(request: KernelRequest) -> bool:
 
 def prepare_native_recurrent(request: KernelRequest) -> RecurrentKernel:
     return RecurrentKernel(request)
+
+
+def supports_native_table(request: KernelRequest) -> bool:
+    return request.weight.format == "int8" and supports_table(request)
+
+
+def prepare_native_embedding(request: KernelRequest) -> EmbeddingKernel:
+    return EmbeddingKernel(request, prepare_reference_embedding(request))
+
+
+def prepare_native_embedding_bag(request: KernelRequest) -> EmbeddingBagKernel:
+    return EmbeddingBagKernel(request, prepare_reference_embedding_bag(request))
