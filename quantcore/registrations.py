@@ -68,7 +68,7 @@ class Priority(IntEnum):
 
     Any integer is accepted; these levels say what a number means. quantcore's own mappers and
     adapters sit at ``BUILTIN`` (a more specific built-in mapper a step above, adapters for
-    rarer inputs steps below); its CPU kernel backends at ``DEFAULT`` plus 10-30, its CUDA ones
+    rarer inputs steps below); its CPU kernel backends at ``DEFAULT`` plus 10-40 (40: the native ones), its CUDA ones
     at ``BUILTIN + 50`` and ``PREFERRED`` (their ``supports`` keeps them to CUDA tensors).
     """
 
