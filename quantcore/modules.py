@@ -123,6 +123,13 @@ class QuantizedModule(nn.Module):
         if self._release_pending:
             self._release_plain_weight()
 
+    def kernel_ran_elsewhere(self) -> bool:
+        """Tell the layer its kernel served a call outside its own ``forward`` (a parent's fused
+        kernel ran on this layer's packed weight): it may drop its plain weight, as after a call
+        of its own. True once nothing is left to drop."""
+        self._release_if_pending()
+        return not self._release_pending
+
     def _release_plain_weight(self) -> None:
         """Drop the plain weight data once the kernel keeps a packed copy it can rebuild it
         from: at run time the weight is in memory once, not twice."""

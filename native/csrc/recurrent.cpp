@@ -145,17 +145,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Recurrent::forward(
     const at::Tensor& lengths) const {
   TORCH_CHECK(static_cast<int64_t>(cells_.size()) == layers_ * directions_,
               "quantcore_native: the recurrent layer is missing cells");
-  TORCH_CHECK(x.dim() == 3 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
-              "quantcore_native: recurrent input must be float32 [steps, batch, features] on the CPU");
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu(),
+              "quantcore_native: recurrent input must be [steps, batch, features] on the CPU");
   const bool lstm = mode_ == CellMode::kLstm;
   at::Tensor h_n = h0.to(at::kFloat).contiguous().clone();
   at::Tensor c_n = lstm ? c0.to(at::kFloat).contiguous().clone() : c0;  // unused outside LSTM
   at::Tensor lens = lengths.defined() && lengths.numel() > 0 ? lengths.to(at::kLong).contiguous()
                                                              : at::Tensor();
   const int64_t out_size = h_n.size(2);
-  at::Tensor layer_input = x.contiguous();
+  at::Tensor layer_input = x.to(at::kFloat).contiguous();
   for (int64_t layer = 0; layer < layers_; ++layer) {
-    at::Tensor output = at::zeros({x.size(0), x.size(1), directions_ * out_size}, x.options());
+    at::Tensor output =
+        at::zeros({x.size(0), x.size(1), directions_ * out_size}, layer_input.options());
     for (int64_t d = 0; d < directions_; ++d) {
       const int64_t index = layer * directions_ + d;
       at::Tensor h = h_n[index];

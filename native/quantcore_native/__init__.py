@@ -185,6 +185,7 @@ class RecurrentKernel:
         self.cells: tuple[tuple[LinearKernel, LinearKernel, LinearKernel | None], ...]
         self.cells = options["cells"]
         self.packed: _C.Recurrent | None = None  # built on the first call
+        self._no_lengths = torch.empty(0, dtype=torch.long)
 
     def _build(self) -> _C.Recurrent:
         packed: _C.Recurrent = extension().Recurrent(
@@ -201,13 +202,11 @@ class RecurrentKernel:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         packed = self.packed if self.packed is not None else self._build()
         self.packed = packed
-        no_lengths = x.new_empty(0, dtype=torch.long)
         output, h_n, c_n = packed.forward(
-            x.to(torch.float32),
-            h0.to(torch.float32),
-            c0,
-            no_lengths if lengths is None else lengths,
+            x, h0, c0, self._no_lengths if lengths is None else lengths
         )
+        if x.dtype == h0.dtype == c0.dtype == torch.float32:
+            return output, h_n, c_n
         return output.to(x.dtype), h_n.to(h0.dtype), c_n.to(c0.dtype)
 
 

@@ -82,6 +82,8 @@ class _QuantizedRecurrent(QuantizedContainer):
         super().__init__("recurrent")
         self._backends = backends
         self._pieces: tuple[object, ...] = ()  # the linear kernels the sequence kernel runs on
+        self._piece_modules: tuple[QuantizedLinear, ...] = ()
+        self._pieces_released = False  # every piece has dropped its plain weight
 
     def _cells(self) -> list[tuple[QuantizedLinear, ...]]:
         raise NotImplementedError
@@ -95,6 +97,8 @@ class _QuantizedRecurrent(QuantizedContainer):
         self._kernel, self._pieces = None, ()
         backends = self.__dict__.get("_backends", ())  # pickled before sequence kernels
         cells = self._cells()
+        self._piece_modules = tuple(piece for cell in cells for piece in cell)
+        self._pieces_released = False
         kernels = tuple(tuple(piece._kernel for piece in cell) for cell in cells)
         if not backends or not cells:
             return
@@ -127,22 +131,21 @@ class _QuantizedRecurrent(QuantizedContainer):
             return None
         if self.training and getattr(self, "dropout", 0.0) > 0:
             return None
-        pieces = tuple(piece._kernel for cell in self._cells() for piece in cell)
-        if len(pieces) != len(self._pieces) or any(
-            a is not b for a, b in zip(pieces, self._pieces, strict=True)
+        if any(
+            piece._kernel is not kernel
+            for piece, kernel in zip(self._piece_modules, self._pieces, strict=True)
         ):
             self._prepare_kernel()  # a piece was re-prepared on its own (moved, reloaded)
         return self._kernel
 
     def _after_sequence_call(self) -> None:
         """The pieces' own calls did not run: let them drop their plain weights now."""
-        for cell in self._cells():
-            for piece in cell:
-                piece._release_if_pending()
+        if not self._pieces_released:
+            self._pieces_released = all([p.kernel_ran_elsewhere() for p in self._piece_modules])
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["_pieces"] = ()
+        state["_pieces"], state["_piece_modules"] = (), ()
         return state
 
 
@@ -343,10 +346,9 @@ class QuantizedRNNCell(_QuantizedRecurrent):
         if not batched and hx is not None:
             h, c = h.unsqueeze(0), c.unsqueeze(0)
         kernel = self._sequence_kernel(x, h, c)
-        if kernel is not None:  # one step of a one-layer sequence
-            no_cell = x.new_zeros(1, x.shape[0], 0)
-            c0 = c.unsqueeze(0) if self.mode == "LSTM" else no_cell
-            _, h_n, c_n = kernel(x.unsqueeze(0), h.unsqueeze(0), c0, None)
+        if kernel is not None:  # one step of a one-layer sequence (c0 is ignored outside LSTM)
+            h0 = h.unsqueeze(0)
+            _, h_n, c_n = kernel(x.unsqueeze(0), h0, c.unsqueeze(0), None)
             self._after_sequence_call()
             h_new, c_new = h_n[0], (c_n[0] if self.mode == "LSTM" else c)
         else:
