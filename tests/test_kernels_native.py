@@ -494,11 +494,25 @@ def _reference_kernel(request: KernelRequest) -> object:
 
 
 @pytest.mark.parametrize("fmt", ["int8", "fp16"])
-def test_native_embedding_lookups_are_the_reference_rows(fmt: str) -> None:
-    request = _table_request(fmt, "embedding")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"max_norm": 1.0},
+        {"max_norm": 2.0, "norm_type": 1.0},
+        {"max_norm": 0.5, "norm_type": float("inf")},
+    ],
+)
+def test_native_embedding_lookups_are_the_reference_rows(
+    fmt: str, options: dict[str, object]
+) -> None:
+    request = _table_request(fmt, "embedding", **options)
     kernel = (kernels_native if fmt == "int8" else fp16_native).prepare_native_embedding(request)
     index = torch.tensor([[0, 39, 5], [5, 5, 1]])
-    assert torch.equal(kernel(index), _reference_kernel(request)(index))  # type: ignore[operator]
+    got, want = kernel(index), _reference_kernel(request)(index)  # type: ignore[operator]
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    if "max_norm" in options:  # rows were renormalized: not the plain rows
+        assert not torch.allclose(got, _reference_kernel(_table_request(fmt, "embedding"))(index))
     with pytest.raises(IndexError, match="out of range"):
         kernel(torch.tensor([40]))
 
@@ -507,7 +521,13 @@ def test_native_embedding_lookups_are_the_reference_rows(fmt: str) -> None:
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"padding_idx": 2}, {"include_last_offset": True}, {"dtype": torch.bfloat16}],
+    [
+        {},
+        {"padding_idx": 2},
+        {"include_last_offset": True},
+        {"dtype": torch.bfloat16},
+        {"max_norm": 1.0},
+    ],
 )
 def test_native_embedding_bags_compute_the_reference(
     fmt: str, mode: str, options: dict[str, object]

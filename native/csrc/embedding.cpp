@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -64,6 +65,21 @@ class Table {
   at::Tensor zero_;
 };
 
+// torch's max_norm: a row whose p-norm exceeds max_norm is scaled by max_norm / (norm + 1e-7)
+void renormalize(float* row, int64_t dim, double max_norm, double norm_type) {
+  if (max_norm < 0) return;  // none
+  double norm = 0;
+  if (std::isinf(norm_type)) {
+    for (int64_t j = 0; j < dim; ++j) norm = std::max(norm, std::abs(static_cast<double>(row[j])));
+  } else {
+    for (int64_t j = 0; j < dim; ++j) norm += std::pow(std::abs(static_cast<double>(row[j])), norm_type);
+    norm = std::pow(norm, 1.0 / norm_type);
+  }
+  if (norm <= max_norm) return;
+  const float scale = static_cast<float>(max_norm / (norm + 1e-7));
+  for (int64_t j = 0; j < dim; ++j) row[j] *= scale;
+}
+
 int64_t checked_index(int64_t index, int64_t rows) {
   TORCH_CHECK_INDEX(index >= 0 && index < rows, "index ", index, " is out of range for a table of ",
                     rows, " rows");
@@ -99,7 +115,8 @@ std::vector<int64_t> bag_starts(const at::Tensor& input, const std::optional<at:
 }  // namespace
 
 at::Tensor embedding(const at::Tensor& table, const std::optional<at::Tensor>& scale,
-                     const std::optional<at::Tensor>& zero_point, const at::Tensor& input) {
+                     const std::optional<at::Tensor>& zero_point, const at::Tensor& input,
+                     double max_norm, double norm_type) {
   const Table rows(table, scale, zero_point);
   const at::Tensor index = input.to(at::kLong).contiguous();
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
@@ -109,7 +126,11 @@ at::Tensor embedding(const at::Tensor& table, const std::optional<at::Tensor>& s
   float* o = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(rows.dim(), 1));
   at::parallel_for(0, index.numel(), grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) rows.row(checked_index(idx[i], rows.rows()), o + i * rows.dim());
+    for (int64_t i = begin; i < end; ++i) {
+      float* row = o + i * rows.dim();
+      rows.row(checked_index(idx[i], rows.rows()), row);
+      renormalize(row, rows.dim(), max_norm, norm_type);
+    }
   });
   return out;
 }
@@ -118,7 +139,8 @@ at::Tensor embedding_bag(const at::Tensor& table, const std::optional<at::Tensor
                          const std::optional<at::Tensor>& zero_point, const at::Tensor& input,
                          const std::optional<at::Tensor>& offsets,
                          const std::optional<at::Tensor>& per_sample_weights, int64_t mode,
-                         bool include_last_offset, int64_t padding_idx) {
+                         bool include_last_offset, int64_t padding_idx, double max_norm,
+                         double norm_type) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "mode is 0 (sum), 1 (mean) or 2 (max)");
   const Table rows(table, scale, zero_point);
   const at::Tensor index = input.to(at::kLong).contiguous();
@@ -142,6 +164,7 @@ at::Tensor embedding_bag(const at::Tensor& table, const std::optional<at::Tensor
       for (int64_t i = starts[b]; i < starts[b + 1]; ++i) {
         if (idx[i] == padding_idx) continue;  // padding entries take no part, not even in mean
         rows.row(checked_index(idx[i], rows.rows()), row.data());
+        renormalize(row.data(), dim, max_norm, norm_type);
         if (mode == 2) {
           for (int64_t j = 0; j < dim; ++j) acc[j] = used ? std::max(acc[j], row[j]) : row[j];
         } else if (w != nullptr) {

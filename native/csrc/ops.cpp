@@ -56,12 +56,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "[..., in] -> float32 [..., out] with the layer's packed weight");
 
   m.def("embedding", &embedding, py::arg("table"), py::arg("scale"), py::arg("zero_point"),
-        py::arg("input"), py::call_guard<py::gil_scoped_release>(),
+        py::arg("input"), py::arg("max_norm"), py::arg("norm_type"),
+        py::call_guard<py::gil_scoped_release>(),
         "float32 rows of an int8 (scale, zero point) or float16 table");
   m.def("embedding_bag", &embedding_bag, py::arg("table"), py::arg("scale"),
         py::arg("zero_point"), py::arg("input"), py::arg("offsets"),
         py::arg("per_sample_weights"), py::arg("mode"), py::arg("include_last_offset"),
-        py::arg("padding_idx"), py::call_guard<py::gil_scoped_release>(),
+        py::arg("padding_idx"), py::arg("max_norm"), py::arg("norm_type"),
+        py::call_guard<py::gil_scoped_release>(),
         "embedding_bag (mode 0 sum, 1 mean, 2 max) over the table's dequantized rows");
 
   py::class_<Recurrent, std::shared_ptr<Recurrent>>(m, "Recurrent")

@@ -34,6 +34,8 @@ def embedding(
     scale: torch.Tensor | None,
     zero_point: torch.Tensor | None,
     input: torch.Tensor,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor: ...
 def embedding_bag(
     table: torch.Tensor,
@@ -45,6 +47,8 @@ def embedding_bag(
     mode: int,
     include_last_offset: bool,
     padding_idx: int,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor: ...
 
 class Recurrent:

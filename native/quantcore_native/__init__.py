@@ -236,10 +236,14 @@ def _embedding_op(
     scale: torch.Tensor | None,
     zero_point: torch.Tensor | None,
     input: torch.Tensor,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor:
     """The lookup as an op a torch.compile graph can hold (eager calls skip it: pybind11 is
     several microseconds cheaper than the custom-op wrapper)."""
-    out: torch.Tensor = extension().embedding(table, scale, zero_point, input)
+    out: torch.Tensor = extension().embedding(
+        table, scale, zero_point, input, max_norm, norm_type
+    )
     return out
 
 
@@ -249,6 +253,8 @@ def _embedding_fake(
     scale: torch.Tensor | None,
     zero_point: torch.Tensor | None,
     input: torch.Tensor,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor:
     return table.new_empty((*input.shape, table.shape[1]), dtype=torch.float32)
 
@@ -264,6 +270,8 @@ def _embedding_bag_op(
     mode: int,
     include_last_offset: bool,
     padding_idx: int,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor:
     out: torch.Tensor = extension().embedding_bag(
         table,
@@ -275,6 +283,8 @@ def _embedding_bag_op(
         mode,
         include_last_offset,
         padding_idx,
+        max_norm,
+        norm_type,
     )
     return out
 
@@ -290,6 +300,8 @@ def _embedding_bag_fake(
     mode: int,
     include_last_offset: bool,
     padding_idx: int,
+    max_norm: float,
+    norm_type: float,
 ) -> torch.Tensor:
     if input.dim() == 2:
         bags = input.shape[0]
@@ -301,7 +313,7 @@ def _embedding_bag_fake(
 
 class _TableKernel:
     """The table's tensors, and the format's reference kernel for what the native lookups do not
-    cover (``max_norm``, which renormalizes looked-up rows)."""
+    cover."""
 
     def __init__(self, request: KernelRequest, reference: Callable[..., torch.Tensor]) -> None:
         weight = request.weight
@@ -309,7 +321,11 @@ class _TableKernel:
         self.scale = None if weight.scale is None else weight.scale.reshape(-1)
         self.zero_point = None if weight.zero_point is None else weight.zero_point.reshape(-1)
         self.dtype: torch.dtype = request.options["dtype"]
-        self.native_serves = request.options.get("max_norm") is None
+        max_norm = request.options.get("max_norm")
+        self.max_norm = -1.0 if max_norm is None else float(max_norm)  # negative: none
+        self.norm_type = float(request.options.get("norm_type", 2.0))
+        # torch renormalizes by max_norm only for a positive norm_type
+        self.native_serves = self.max_norm < 0 or self.norm_type > 0
         self.reference = reference
         self.native = extension()
 
@@ -321,7 +337,9 @@ class EmbeddingKernel(_TableKernel):
         if not self.native_serves:
             return self.reference(input)
         lookup = _embedding_op if torch.compiler.is_compiling() else self.native.embedding
-        out: torch.Tensor = lookup(self.table, self.scale, self.zero_point, input)
+        out: torch.Tensor = lookup(
+            self.table, self.scale, self.zero_point, input, self.max_norm, self.norm_type
+        )
         return out if self.dtype == torch.float32 else out.to(self.dtype)
 
 
@@ -359,5 +377,7 @@ class EmbeddingBagKernel(_TableKernel):
             self.mode,
             self.include_last_offset,
             self.padding_idx,
+            self.max_norm,
+            self.norm_type,
         )
         return out if self.dtype == torch.float32 else out.to(self.dtype)

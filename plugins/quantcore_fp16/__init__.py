@@ -130,8 +130,8 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
             supports=kernels_native.supports_native_table,
             priority=40,
             description=(
-                "CPU: looked-up rows dequantized (and reduced) in one native call (an op under "
-                "torch.compile); max_norm takes the reference"
+                "CPU: looked-up rows dequantized (renormalized, reduced) in one native call (an op "
+                "under torch.compile)"
             ),
         )
     yield plugin.KernelBackend(
