@@ -211,7 +211,11 @@ class AdaptedInput:
     ``write_companions`` (file input) is called by :func:`quantcore.quantize_to_file` as
     ``write_companions(written_files, manifest)`` and returns the files it wrote next to them
     (the transformers plugin copies a model folder's ``config.json``, so the output folder loads
-    with ``from_pretrained``).
+    with ``from_pretrained``). ``folder_suffix`` is the suffix of the file written into a folder
+    output (None: follow the input); ``stored_tensors(state_dict, manifest)`` gives the tensors
+    as the output stores them (the transformers plugin stores quantized integer tensors flat, so
+    a float model refuses them): :func:`quantcore.load` views a flat quantized tensor back to the
+    shape its layer has.
     """
 
     module: nn.Module | None = None
@@ -221,6 +225,10 @@ class AdaptedInput:
     shards: tuple[StateDictShard, ...] | None = None
     finalize: Callable[[nn.Module, Manifest], None] | None = None
     write_companions: Callable[[Sequence[Path], Manifest], Sequence[Path]] | None = None
+    folder_suffix: str | None = None
+    stored_tensors: (
+        Callable[[Mapping[str, torch.Tensor], Manifest], Mapping[str, torch.Tensor]] | None
+    ) = None
 
     def __post_init__(self) -> None:
         if self.shards is not None:

@@ -162,6 +162,14 @@ def _write(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: dict[st
         ) from exc
 
 
+def _refuse_index(path: Path) -> None:
+    if path.name.endswith(INDEX_SUFFIX):
+        raise SerializationError(
+            f"{path}: an index file is written only for sharded input "
+            "(quantcore.quantize_to_file); give a .pt or .safetensors path"
+        )
+
+
 def _unshared(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses tensors that share memory (tied weights): give each its own copy."""
     seen: set[tuple[str, int]] = set()
@@ -203,11 +211,7 @@ def save(obj: QuantizationResult | nn.Module, path: PathLike) -> Path:
             "otherwise"
         )
     p = Path(path)
-    if p.name.endswith(INDEX_SUFFIX):
-        raise SerializationError(
-            f"{p}: an index file is written only for sharded input (quantcore.quantize_to_file); "
-            "give a .pt or .safetensors path"
-        )
+    _refuse_index(p)
     _write(p, state_dict, _metadata(manifest))
     return p
 
@@ -292,11 +296,14 @@ def _fill(model: nn.Module, qfile: QuantizedFile, skeleton: str, strict: bool) -
 def _check_quantized_tensors(qfile: QuantizedFile, model: nn.Module, ids: set[int]) -> None:
     """A quantized weight in the file must have the dtype and shape its manifest records, and hold
     finite values (schemes never write NaN or Inf): a damaged or edited file is refused here
-    instead of running with garbage weights."""
+    instead of running with garbage weights. An integer tensor stored flat (as Hugging Face
+    folders store them, so that a float model refuses them) is viewed to its shape first."""
     for key, expected in model.state_dict(keep_vars=True).items():
         if id(expected) not in ids or key not in qfile.state_dict:
             continue
         found = qfile.state_dict[key]
+        if _stored_flat(found, expected):
+            found = qfile.state_dict[key] = found.view(expected.shape)
         if found.dtype != expected.dtype or found.shape != expected.shape:
             raise SerializationError(
                 f"{qfile.path}: tensor {key!r} is {found.dtype} {tuple(found.shape)}, but the "
@@ -308,6 +315,15 @@ def _check_quantized_tensors(qfile: QuantizedFile, model: nn.Module, ids: set[in
                 f"{qfile.path}: tensor {key!r} holds NaN or Inf, which quantcore never writes; the "
                 "file is damaged. Quantize the model again."
             )
+
+
+def _stored_flat(found: torch.Tensor, expected: torch.Tensor) -> bool:
+    return (
+        found.dim() == 1
+        and found.shape != expected.shape
+        and found.numel() == expected.numel()
+        and not found.is_floating_point()
+    )
 
 
 # -- quantizing straight to a file (streams sharded checkpoints) ---------------------------------
@@ -377,18 +393,22 @@ def quantize_to_file(
         result = quantize_result(obj, effective, plugin_manager, progress, calibration)
         return result.report, (save(result, target),)
     with configured_job(obj, effective, plugin_manager) as job:
+        target = output_path(path, obj, job.adapted.folder_suffix)
         return _write_job(job, target, progress, shard_progress)
 
 
-def output_path(path: PathLike, source: object = None) -> Path:
+def output_path(path: PathLike, source: object = None, suffix: str | None = None) -> Path:
     """Where :func:`quantize_to_file` writes for ``path``: a path that names a folder (a
-    trailing slash, or an existing folder) means ``model.<suffix>`` inside it, the suffix
-    following the input (a safetensors checkpoint gives safetensors, anything else ``.pt``)."""
+    trailing slash, or an existing folder) means ``model<suffix>`` inside it; without a
+    ``suffix`` (the input adapter's ``folder_suffix``) it follows the input (a safetensors
+    checkpoint gives safetensors, anything else ``.pt``)."""
     text = os.fspath(path)
     target = Path(text)
     if not (text.endswith(("/", os.sep)) or target.is_dir()):
         return target
-    return target / ("model" + (SAFETENSORS_SUFFIX if _is_safetensors(source) else ".pt"))
+    if suffix is None:
+        suffix = SAFETENSORS_SUFFIX if _is_safetensors(source) else ".pt"
+    return target / ("model" + suffix)
 
 
 def _is_safetensors(source: object) -> bool:
@@ -409,7 +429,8 @@ def _write_job(
     if job.adapted.shards is None:
         result = job.run(progress)
         assert result.manifest is not None
-        return result.report, _with_companions(job, (save(result, target),), result.manifest)
+        written = _write_stored(job, target, result.state_dict, result.manifest)
+        return result.report, _with_companions(job, (written,), result.manifest)
     shards = job.adapted.shards
     index_path, shard_files = sharded_names(target, len(shards))
     weight_map: dict[str, str] = {}
@@ -417,7 +438,7 @@ def _write_job(
     quantized = job.quantize_shards(progress, on_shard=shard_progress)
     for (_, part), out_file in zip(quantized, shard_files, strict=True):
         assert part.state_dict is not None
-        _write(out_file, part.state_dict, _metadata(job.manifest(part.records)))
+        _write_stored(job, out_file, part.state_dict, job.manifest(part.records))
         weight_map.update(dict.fromkeys(part.state_dict, out_file.name))
         parts.append(dataclasses.replace(part, state_dict=None))  # written: not kept
     if shard_progress is not None:
@@ -430,6 +451,17 @@ def _write_job(
     }
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True), encoding="utf-8")
     return result.report, _with_companions(job, (index_path, *shard_files), result.manifest)
+
+
+def _write_stored(
+    job: QuantizationJob, path: Path, state_dict: Mapping[str, torch.Tensor], manifest: Manifest
+) -> Path:
+    """Write as :func:`save` does, the tensors as the input's output format stores them."""
+    _refuse_index(path)
+    if job.adapted.stored_tensors is not None:
+        state_dict = job.adapted.stored_tensors(state_dict, manifest)
+    _write(path, state_dict, _metadata(manifest))
+    return path
 
 
 def _with_companions(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import quantcore
 from quantcore import plugin
-from quantcore_transformers.hf_models import QUANT_METHOD, manifest_to_dict
+from quantcore_transformers.hf_models import QUANT_METHOD, manifest_to_dict, stored_flat
 
 logger = logging.getLogger("quantcore")
 
@@ -48,6 +48,8 @@ def adapt(obj: object) -> plugin.AdaptedInput:
         inner,
         description=f"Hugging Face folder {Path(obj).name}: {inner.description}",
         write_companions=partial(write_companions, Path(obj)),
+        folder_suffix=".safetensors",  # what from_pretrained reads, whatever the input was
+        stored_tensors=stored_flat,
     )
 
 

@@ -176,17 +176,54 @@ def fill_untied(
             logger.info("%s: not in the checkpoint, set from the quantized %s", missing, present)
 
 
-def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tensors shared between layers written separately: transformers
-    drops one of two tied tensors when saving and ties them again when loading, which a
-    quantized layer (buffers, not parameters) cannot take part in."""
+def state_dict_for_saving(model: nn.Module, manifest: quantcore.Manifest) -> dict[str, torch.Tensor]:
+    """The state dict as a Hugging Face folder stores it (:func:`stored_flat`), with tensors
+    shared between layers written separately: transformers drops one of two tied tensors when
+    saving and ties them again when loading, which a quantized layer (buffers, not parameters)
+    cannot take part in."""
     seen: set[tuple[str, int]] = set()
     out: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
         ptr = (str(t.device), t.untyped_storage().data_ptr())
         out[key] = t.clone() if ptr in seen and t.numel() else t
         seen.add(ptr)
-    return out
+    return stored_flat(out, manifest)
+
+
+def _in_layers(key: str, layers: set[str]) -> bool:
+    owner = key.rpartition(".")[0]
+    while owner:
+        if owner in layers:
+            return True
+        owner = owner.rpartition(".")[0]
+    return "" in layers
+
+
+def stored_flat(
+    state_dict: Mapping[str, torch.Tensor], manifest: quantcore.Manifest
+) -> dict[str, torch.Tensor]:
+    """Hugging Face folders store the integer tensors of quantized layers flat (1-D), their
+    shapes being in the manifest. A float model loading the folder (transformers without
+    quantcore) then refuses them for their shape, instead of taking int8 codes as its weights;
+    quantcore views them back (``flat_tensors`` for transformers, :func:`quantcore.load`)."""
+    layers = {layer.name for layer in manifest.layers}
+    return {
+        key: t.reshape(-1)
+        if t.dim() > 1 and not t.is_floating_point() and _in_layers(key, layers)
+        else t
+        for key, t in state_dict.items()
+    }
+
+
+def flat_shapes(built: Mapping[str, nn.Module]) -> dict[str, torch.Size]:
+    """Full names and shapes of the tensors of the rebuilt layers ``built`` that a Hugging Face
+    folder stores flat (:func:`stored_flat`)."""
+    return {
+        f"{name}.{key}": t.shape
+        for name, module in built.items()
+        for key, t in module.state_dict(keep_vars=True).items()
+        if t.dim() > 1 and not t.is_floating_point()
+    }
 
 
 def loaded_device(module: nn.Module) -> torch.device:

@@ -27,9 +27,11 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 import quantcore
 from quantcore import plugin
+from quantcore_transformers import flat_tensors
 from quantcore_transformers.hf_models import (
     QUANT_METHOD,
     fill_untied,
+    flat_shapes,
     layers_of_manifest,
     manifest_to_dict,
     prepare_loaded_layers,
@@ -106,6 +108,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self.plan: OnLoadPlan | None = None
         self.untied: dict[str, str] = {}
+        self.stored_flat: dict[str, torch.Size] = {}
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
         device_map = kwargs.get("device_map")
@@ -118,6 +121,11 @@ class QuantcoreHfQuantizer(HfQuantizer):
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         return self.plan is not None and self.plan.owns(param_name)
 
+    def update_weight_conversions(self, weight_conversions: Any, model: Any) -> Any:
+        """Tensors the folder stores flat get their layer's shape back as they are read."""
+        updated = super().update_weight_conversions(weight_conversions, model)
+        return [*updated, *flat_tensors.converters(self.stored_flat)]
+
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
         if self.pre_quantized:
             manifest = self.quantization_config.manifest_object()
@@ -125,6 +133,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
             for name, module in built.items():
                 set_submodule(model, name, module)
             self.untied = untie_quantized(model, built)
+            self.stored_flat = flat_shapes(built)
         else:
             self.plan = OnLoadPlan.of(model, self.quantization_config.settings())
 
@@ -146,7 +155,8 @@ class QuantcoreHfQuantizer(HfQuantizer):
     def get_state_dict_and_metadata(
         self, model: Any
     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        return state_dict_for_saving(model), {}
+        manifest = quantcore.manifest_of(model) or self.quantization_config.manifest_object()
+        return state_dict_for_saving(model, manifest), {}
 
     def is_serializable(self) -> bool:
         return True

@@ -32,7 +32,9 @@ def test_save_pretrained_writes_quantization_config_and_quantized_tensors(tmp_pa
     layers = {layer["name"]: layer for layer in qconfig["manifest"]["layers"]}
     assert layers["model.layers.0.self_attn.q_proj"]["mapper"] == "linear"
     tensors = safetensors.load_file(str(tmp_path / "model.safetensors"))
+    # int8 codes are stored flat: a float model refuses them (test_hf_without_quantcore)
     assert tensors["model.layers.0.self_attn.q_proj.weight"].dtype == torch.int8
+    assert tensors["model.layers.0.self_attn.q_proj.weight"].shape == (32 * 32,)
     assert tensors["model.layers.0.self_attn.q_proj.weight_scale"].shape == (32,)
     # the caller's float model is untouched: no quantization_config on its config
     assert getattr(model.config, "quantization_config", None) is None
