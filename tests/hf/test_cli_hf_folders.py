@@ -88,3 +88,18 @@ def test_real_minilm_folder_with_its_legacy_key(tmp_path: Path) -> None:
         run(loaded, ids).flatten(), run(float_model, ids).flatten(), dim=0
     )
     assert cosine > 0.98
+
+
+def test_a_pytorch_model_bin_folder_gives_a_folder_from_pretrained_loads(tmp_path: Path) -> None:
+    """A legacy folder holding only pytorch_model.bin: the output is model.safetensors (a
+    model.pt beside config.json is a file from_pretrained does not look for)."""
+    model = BUILDERS["llama"]()
+    source = tmp_path / "float"
+    model.save_pretrained(source)
+    (source / "model.safetensors").unlink()
+    torch.save(model.state_dict(), source / "pytorch_model.bin")
+    out = tmp_path / "out"
+    assert main(["quantize", str(source), "-o", f"{out}/", "-q"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / "model.pt").exists()
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(run(loaded), run(quantcore.quantize(model, "int8", output="module")))

@@ -63,6 +63,24 @@ def test_torch_file_is_plain(tmp_path: Path) -> None:
     assert meta["format_version"] == quantcore.FORMAT_VERSION and meta["quantcore_version"]
 
 
+def test_integer_tensors_stored_flat_are_viewed_back(tmp_path: Path) -> None:
+    """Hugging Face folders store int8 codes 1-D (a float model refuses them); load gives them
+    back the shapes their layers have."""
+    model, tokens = build_demo_model()
+    result = quantcore.quantize(model, "int8")
+    path = quantcore.save(result, tmp_path / "q.pt")
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"] = {
+        k: v.reshape(-1) if v.dtype == torch.int8 else v for k, v in raw["state_dict"].items()
+    }
+    assert raw["state_dict"]["head.weight"].dim() == 1
+    torch.save(raw, path)
+    loaded = quantcore.load(path, _meta_skeleton())
+    assert result.module is not None
+    with torch.inference_mode():
+        assert torch.equal(loaded(tokens), result.module(tokens))
+
+
 def test_state_dict_path_file_loads_into_skeleton(tmp_path: Path) -> None:
     model, tokens = build_demo_model()
     torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pt")
