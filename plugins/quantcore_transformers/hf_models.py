@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -147,6 +148,23 @@ def untie_quantized(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
                 dropped = {t: s for t, s in tied.items() if t not in kept}
             module.all_tied_weights_keys = kept
     return dropped
+
+
+def ignore_filled_by_quantcore(model: nn.Module, dropped: Mapping[str, str]) -> None:
+    """transformers' load report must not call a float parameter that :func:`fill_untied` fills
+    (GPT-2's head, stored once as the embedding table) missing: for this load, the model lists
+    it among the keys it may lack (transformers' own rule for such keys)."""
+    floats = [name for pair in dropped.items() for name in pair if _is_parameter(model, name)]
+    if floats:
+        found: Any = model
+        own = list(type(found)._keys_to_ignore_on_load_missing or ())
+        found._keys_to_ignore_on_load_missing = [*own, *(f"^{re.escape(n)}$" for n in floats)]
+
+
+def _is_parameter(model: nn.Module, name: str) -> bool:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    return owner._parameters.get(attr) is not None  # a quantized tensor is a buffer
 
 
 def _flagged(tensor: torch.Tensor) -> bool:

@@ -32,6 +32,7 @@ from quantcore_transformers.hf_models import (
     QUANT_METHOD,
     fill_untied,
     flat_shapes,
+    ignore_filled_by_quantcore,
     layers_of_manifest,
     manifest_to_dict,
     prepare_loaded_layers,
@@ -134,6 +135,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
                 set_submodule(model, name, module)
             self.untied = untie_quantized(model, built)
             self.stored_flat = flat_shapes(built)
+            ignore_filled_by_quantcore(model, self.untied)
         else:
             self.plan = OnLoadPlan.of(model, self.quantization_config.settings())
 
@@ -150,6 +152,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
             manifest = self.quantization_config.manifest_object()
             prepare_loaded_layers(model, layers_of_manifest(manifest))
             fill_untied(model, self.untied, by_transformers=True)
+            vars(model).pop("_keys_to_ignore_on_load_missing", None)
         plugin.attach_manifest(model, manifest)
 
     def get_state_dict_and_metadata(
