@@ -81,6 +81,23 @@ def test_integer_tensors_stored_flat_are_viewed_back(tmp_path: Path) -> None:
         assert torch.equal(loaded(tokens), result.module(tokens))
 
 
+def test_a_plain_state_dict_does_not_load_into_a_float_model(tmp_path: Path) -> None:
+    """torch.save(quantized.state_dict()) loaded into the float model: torch's strict default
+    refuses the quantization parameters (weight_scale) it has no place for; an FP16 state dict
+    holds float16 weights only and loads as those values."""
+    model = build_demo_model()[0]
+    torch.save(quantcore.quantize(model, "int8", output="module").state_dict(), tmp_path / "q.pt")
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*head\.weight_scale"):
+        build_demo_model()[0].load_state_dict(torch.load(tmp_path / "q.pt"))
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    fp16 = quantcore.quantize(mlp, "fp16", output="module")
+    float_model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    float_model.load_state_dict(fp16.state_dict())
+    assert float_model[0].weight.dtype == torch.float32
+    assert torch.equal(float_model[0].weight, fp16.state_dict()["0.weight"].float())
+
+
 def test_state_dict_path_file_loads_into_skeleton(tmp_path: Path) -> None:
     model, tokens = build_demo_model()
     torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pt")
