@@ -304,6 +304,14 @@ def _to_uint8(values: torch.Tensor, high: int) -> torch.Tensor:
     return values.to(torch.int32).to(torch.uint8)
 
 
+def _row_sums(wq: torch.Tensor) -> torch.Tensor:
+    """int32 row sums of an int8 weight, a block of rows at a time: ``sum(dtype=int32)`` converts
+    its whole input first, a temporary as large as the float weight (a layer quantized while
+    transformers loads it would briefly need twice the float layer)."""
+    step = max(1, (1 << 20) // max(1, wq.shape[1]))
+    return torch.cat([rows.sum(1, dtype=torch.int32) for rows in wq.split(step)])
+
+
 class _Int8Linear:
     """One layer's prepared int8 linear: plain tensors, packed weights made on first use."""
 
@@ -323,7 +331,7 @@ class _Int8Linear:
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
         self.uint8_max = max(2 * self.qmax + 1, self.qmax - self.qmin)  # largest GEMM input
         # asymmetric tokens: sum_k (q - zp_t) w = sum_k u w - (zp_t - qmin) sum_k w, u = q - qmin
-        self.weight_sums = (self.wq.sum(1, dtype=torch.int32).to(torch.float32) * scales)[None]
+        self.weight_sums = (_row_sums(self.wq).to(torch.float32) * scales)[None]
         self.weight_zeros = torch.zeros(self.out_features, dtype=torch.long)  # oneDNN's argument
         self.fbgemm_up_to = fbgemm_up_to
         # One token, asymmetric, 7 or 8 bits: fbgemm's own per-tensor quantization of that token
