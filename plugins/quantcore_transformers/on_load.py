@@ -11,8 +11,11 @@ output head sharing the embedding table) stay float, so transformers can tie the
 
 from __future__ import annotations
 
+import ctypes
 import logging
-from collections.abc import Mapping
+import mmap
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +60,29 @@ def _path_to(name: str, module: nn.Module) -> nn.Module:
         node = child
     node.add_module(last, module)
     return root
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages; their contents never change
+
+
+def page_out(tensors: Iterable[torch.Tensor]) -> None:
+    """Let the kernel reclaim the pages of float tensors quantcore is done with. transformers
+    hands over views into the memory-mapped checkpoint, and every page read stays resident
+    (counted in the process's memory) while the file is mapped: until loading ends, and then
+    as long as the model keeps a float tensor of that file (a norm's weight). Without this, the
+    whole float checkpoint ends up resident while its layers are quantized."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    for t in tensors:
+        if t.device.type != "cpu":
+            continue
+        start = t.data_ptr()
+        first = -(-start // page) * page  # whole pages inside the tensor only
+        last = (start + t.numel() * t.element_size()) // page * page
+        if last > first:
+            libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_PAGEOUT)
 
 
 @dataclass
@@ -117,6 +143,8 @@ class OnLoadPlan:
             quantized = result.module.get_submodule(layer)
             quantized._is_hf_initialized = True  # transformers must not initialize it again
             set_submodule(model, layer, quantized)
+            kept = {t.data_ptr() for t in quantized.state_dict().values()}
+            page_out(t for t in module.state_dict().values() if t.data_ptr() not in kept)
         del self.layers[layer]
 
     def finish(self, model: nn.Module) -> quantcore.Manifest:

@@ -104,3 +104,41 @@ def test_importing_the_config_first_registers_quantcore(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "QuantizedLinear"
+
+
+def _resident_mib(folder: Path) -> float:
+    """Resident pages of this process's mappings of files in ``folder`` (Linux smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[-1].startswith(str(folder))
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total / 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_float_pages_of_quantized_layers_are_released(tmp_path: Path) -> None:
+    """transformers reads the float checkpoint through memory maps: the pages of a layer stay
+    resident while the file is mapped (the loaded model keeps the norms' float weights, views
+    into it), unless quantcore lets them go once the layer is quantized (the whole file stays
+    resident otherwise)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=16384,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    float_mib = (tmp_path / "model.safetensors").stat().st_size / 2**20
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, quantization_config=_config(dtype="int8")
+    )
+    assert type(loaded.lm_head).__name__ == "QuantizedLinear"
+    assert float_mib > 30
+    assert _resident_mib(tmp_path) < 0.25 * float_mib
