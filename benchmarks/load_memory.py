@@ -37,9 +37,9 @@ def measure_one(variant: str, folder: Path) -> dict[str, float]:
     """Run in a fresh process: peak and final resident memory of one load, in MiB."""
     torch.set_num_threads(2)
     import transformers
+    from quantcore_transformers.hf_quantizer import QuantcoreConfig
 
     import quantcore
-    from quantcore_transformers.hf_quantizer import QuantcoreConfig
 
     tiny = torch.nn.Sequential(torch.nn.Embedding(8, 64), torch.nn.Linear(64, 64))
     quantcore.quantize(tiny, "int8", log_level="ERROR")  # plugins loaded before the baseline
@@ -61,7 +61,6 @@ def measure_one(variant: str, folder: Path) -> dict[str, float]:
 
 def _prepare(folder: Path, size: str, shard: str) -> None:
     import transformers
-
     from quantcore_transformers.hf_quantizer import QuantcoreConfig
 
     build_decoder(size).save_pretrained(folder / "float", max_shard_size=shard)
@@ -94,9 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             command = [sys.executable, "-m", "benchmarks.load_memory", "--child", variant, tmp]
             out = subprocess.run(command, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(
-                f"{variant:<20} {row['model']:>10.0f} {row['peak']:>10.0f} {row['after']:>10.0f}"
-            )
+            print(f"{variant:<20} {row['model']:>10.0f} {row['peak']:>10.0f} {row['after']:>10.0f}")
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def _row_sums(wq: torch.Tensor) -> torch.Tensor:
     its whole input first, a temporary as large as the float weight (a layer quantized while
     transformers loads it would briefly need twice the float layer)."""
     step = max(1, (1 << 20) // max(1, wq.shape[1]))
-    return torch.cat([rows.sum(1, dtype=torch.int32) for rows in wq.split(step)])
+    return torch.cat([rows.sum(1, dtype=torch.int32) for rows in torch.split(wq, step)])
 
 
 class _Int8Linear:

@@ -6,9 +6,9 @@
   float32 ``weight_scale`` (``[out, 1]`` per channel, ``[1]`` per tensor); their inputs are
   quantized by the engine at run time, dynamically per token (or per tensor). Everything else is
   written float from the original checkpoint and listed in ``ignore`` when it is a linear layer:
-  the output head, embedding tables, GPT-2's ``Conv1D`` layers (the engines read them in another
-  layout), excluded layers, and layers whose quantcore settings the format cannot express
-  (asymmetric weights, weight-only). Activation symmetry is written as quantcore runs it
+  the output head, embedding tables, GPT-2's ``Conv1D`` layers (the format's loaders disagree
+  on their layout: docs/io.md), excluded layers, and layers whose quantcore settings the format
+  cannot express (asymmetric weights, weight-only). Activation symmetry is written as quantcore runs it
   (``symmetric: false`` for the default per-token asymmetric inputs).
 - ``hf`` with ``dtype="fp16"``: a plain float16 checkpoint (every engine loads it).
 - ``hf`` with any other scheme: a quantcore folder (``quant_method: "quantcore"``), quantized

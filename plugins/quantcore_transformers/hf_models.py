@@ -194,7 +194,9 @@ def fill_untied(
             logger.info("%s: not in the checkpoint, set from the quantized %s", missing, present)
 
 
-def state_dict_for_saving(model: nn.Module, manifest: quantcore.Manifest) -> dict[str, torch.Tensor]:
+def state_dict_for_saving(
+    model: nn.Module, manifest: quantcore.Manifest
+) -> dict[str, torch.Tensor]:
     """The state dict as a Hugging Face folder stores it (:func:`stored_flat`), with tensors
     shared between layers written separately: transformers drops one of two tied tensors when
     saving and ties them again when loading, which a quantized layer (buffers, not parameters)

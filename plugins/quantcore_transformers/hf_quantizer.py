@@ -124,7 +124,9 @@ class QuantcoreHfQuantizer(HfQuantizer):
 
     def update_weight_conversions(self, weight_conversions: Any, model: Any) -> Any:
         """Tensors the folder stores flat get their layer's shape back as they are read."""
-        updated = super().update_weight_conversions(weight_conversions, model)
+        updated = super().update_weight_conversions(  # type: ignore[no-untyped-call]
+            weight_conversions, model
+        )
         return [*updated, *flat_tensors.converters(self.stored_flat)]
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:

@@ -49,9 +49,7 @@ def test_folder_output_loads_with_from_pretrained(
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "quantcore"
     assert (out / "generation_config.json").is_file()
-    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
-        out, output_loading_info=True
-    )
+    loaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     # the same as quantizing the model (GPT-2's head is the dequantized embedding table,
     # which the checkpoint stores once: quantcore fills it, the load report does not call it
     # missing)
