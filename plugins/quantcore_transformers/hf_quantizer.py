@@ -6,8 +6,9 @@ Registered through transformers' public ``register_quantization_config`` / ``reg
 
 - A folder saved from a quantcore model holds the quantcore manifest in ``config.json``'s
   ``quantization_config``: ``from_pretrained`` rebuilds the quantized layers on the meta device
-  (``quantcore.rebuild_layers``) and transformers fills their tensors from the safetensors files;
-  no float weight of those layers is ever created.
+  (``quantcore.rebuild_layers``) and transformers fills their tensors from the safetensors files,
+  where int8 codes are stored flat so that a float model refuses them (``flat_tensors`` views
+  them back); no float weight of those layers is ever created.
 - ``from_pretrained(float_folder, quantization_config=QuantcoreConfig(...))`` quantizes each layer
   as soon as its tensors are read (transformers reads the checkpoint one tensor at a time), so
   memory holds the quantized model and the layer being quantized, not the float model.

@@ -5,7 +5,8 @@ plan claims, before loading, the layers a quantcore mapper converts (outermost f
 :func:`quantcore.quantize` plans them); transformers hands every tensor of those layers to the
 op below instead of the model. Once a layer has all its tensors it is quantized with
 :func:`quantcore.quantize` (the user's include / exclude / overrides apply to its full name) and
-swapped in; its float tensors are dropped with the float layer. Layers tied to another one (an
+swapped in; its float tensors are dropped with the float layer, and their pages of the
+memory-mapped checkpoint released (:func:`page_out`). Layers tied to another one (an
 output head sharing the embedding table) stay float, so transformers can tie them.
 """
 
