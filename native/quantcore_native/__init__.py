@@ -241,9 +241,7 @@ def _embedding_op(
 ) -> torch.Tensor:
     """The lookup as an op a torch.compile graph can hold (eager calls skip it: pybind11 is
     several microseconds cheaper than the custom-op wrapper)."""
-    out: torch.Tensor = extension().embedding(
-        table, scale, zero_point, input, max_norm, norm_type
-    )
+    out: torch.Tensor = extension().embedding(table, scale, zero_point, input, max_norm, norm_type)
     return out
 
 
