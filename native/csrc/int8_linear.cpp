@@ -53,7 +53,17 @@ Int8Linear::Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64
   packed_ = std::make_unique<fbgemm::PackBMatrix<int8_t>>(
       fbgemm::matrix_op_t::Transpose, in_, out_, w.data_ptr<int8_t>(), in_, nullptr, 1);
   scales_ = scales.contiguous().clone();
-  colsum_ = w.sum({1}, false, at::kInt).contiguous();
+  // row sums row by row: w.sum(dtype=int32) would first convert the whole weight to int32
+  colsum_ = at::empty({out_}, at::kInt);
+  const int8_t* rows = w.data_ptr<int8_t>();
+  int32_t* sums = colsum_.data_ptr<int32_t>();
+  at::parallel_for(0, out_, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      int32_t total = 0;
+      for (int64_t k = 0; k < in_; ++k) total += rows[n * in_ + k];
+      sums[n] = total;
+    }
+  });
   weight_sums_ = (colsum_.to(at::kDouble) * scales_.to(at::kDouble)).to(at::kFloat).contiguous();
   weight_zeros_ = at::zeros({out_}, at::kLong);
 }
