@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from baselines import ALL as BASELINES
+from baselines import SIMULATE_ENV_VAR
 from torch import nn
 
 import quantcore
@@ -62,3 +65,33 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     return home
+
+
+def simulate_saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this CPU look like one whose int8 GEMMs saturate at 8-bit activations (AVX2, AVX512
+    without VNNI): its exactness self-tests answer no, so layers that leave the width open run
+    7-bit activations, in the reference and the fast kernels alike (which are exact at 7 bits
+    on any CPU). Kernels are prepared when a model is quantized: simulate before that."""
+    from quantcore_int8 import kernels_cpu
+
+    for name in ("cpu_int8_exact", "onednn_int8_exact", "fbgemm_int8_exact"):
+        monkeypatch.setattr(kernels_cpu, name, lambda: False)
+
+
+@pytest.fixture
+def saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs as on a CPU without AVX512-VNNI (see simulate_saturating_cpu)."""
+    simulate_saturating_cpu(monkeypatch)
+
+
+@pytest.fixture(autouse=True)
+def _simulated_cpu_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUANTCORE_SIMULATE_SATURATING_CPU=1 runs every test as on a CPU without AVX512-VNNI."""
+    if os.environ.get(SIMULATE_ENV_VAR):
+        simulate_saturating_cpu(monkeypatch)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In record mode (QUANTCORE_UPDATE_BASELINES=1), write the errors the run measured."""
+    for baselines in BASELINES:
+        baselines.write()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from baselines import check_error
 from conftest import fingerprint
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -15,9 +16,7 @@ from torch.nn.utils.rnn import PackedSequence
 import quantcore
 from quantcore.plugin import QuantizedModule
 
-# Bounds on the relative error ||quantized - float|| / ||float|| of a layer's outputs on the
-# small random models of these tests; docs/schemes.md lists them with the measured values.
-BOUNDS = {"int8": 0.03, "fp16": 0.002}
+__all__ = ["check_error", "check_layer", "relative_error", "tensors_of", "with_reference_kernels"]
 
 
 def tensors_of(output: Any) -> list[torch.Tensor]:
@@ -69,7 +68,6 @@ def check_layer(
     *,
     kinds: dict[str, str],
     call: Callable[[nn.Module, Sequence[Any]], Any] = lambda m, inp: m(*inp),
-    bound: float | None = None,
     check_dtype: bool = True,
     overrides: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[nn.Module, quantcore.QuantizationReport, float]:
@@ -92,7 +90,7 @@ def check_layer(
     with torch.no_grad():
         got = call(quantized, inputs)
         error = relative_error(got, expected)
-        assert error < (bound if bound is not None else BOUNDS[scheme]), f"relative error {error}"
+        check_error(scheme, error)
         assert error > 0 or scheme == "fp16", "int8 output identical to float: nothing quantized?"
 
         reference = call(with_reference_kernels(quantized), inputs)
@@ -113,5 +111,5 @@ def check_layer(
             low = call(moved, _cast_floats(tuple(inputs), torch.bfloat16))
             for t in tensors_of(low):
                 assert t.dtype == torch.bfloat16
-            assert relative_error(_cast_floats(low, torch.float32), expected) < 0.1
+            check_error(scheme, relative_error(_cast_floats(low, torch.float32), expected))
     return quantized, result.report, error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layer_checks import check_layer, relative_error
+from layer_checks import check_error, check_layer, relative_error
 from quantcore_layers import QuantizedMultiheadAttention
 from torch import nn
 
@@ -77,14 +77,14 @@ def test_mha_float_masks_unbatched_and_3d_masks(scheme: str, plugin_manager) -> 
             expected = mha(q, kv, kv, attn_mask=float_mask, need_weights=nw)
             got = quantized(q, kv, kv, attn_mask=float_mask, need_weights=nw)
             assert got[0].shape == expected[0].shape == (5, 16)
-            assert relative_error(got, expected) < 0.05
+            check_error(scheme, relative_error(got, expected))
             kpm = torch.tensor([False, False, True, False, False, True])
-            assert (
+            check_error(
+                scheme,
                 relative_error(
                     quantized(q, kv, kv, key_padding_mask=kpm, need_weights=nw),
                     mha(q, kv, kv, key_padding_mask=kpm, need_weights=nw),
-                )
-                < 0.05
+                ),
             )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layer_checks import check_layer, relative_error
+from layer_checks import check_error, check_layer, relative_error
 from quantcore_layers import QuantizedConv
 from torch import nn
 
@@ -50,7 +50,7 @@ def test_conv_variants(scheme: str, dims: int, variant: int, plugin_manager) -> 
     )
     assert isinstance(quantized, QuantizedConv)
     with torch.no_grad():  # unbatched input, as nn.Conv*d accepts
-        assert relative_error(quantized(x[0]), model(x[0])) < 0.05
+        check_error(scheme, relative_error(quantized(x[0]), model(x[0])))
 
 
 def test_conv_int8_weights_are_per_output_channel(plugin_manager) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layer_checks import check_layer, relative_error
+from layer_checks import check_error, check_layer, relative_error
 from quantcore_layers import QuantizedRNN
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -74,7 +74,7 @@ def test_packed_sequences_and_unbatched(scheme: str, kind: str, plugin_manager) 
         expected = model(x[1], state)
         got = quantized(x[1], state)
         assert tensor_shapes(got) == tensor_shapes(expected)
-        assert relative_error(got, expected) < 0.05
+        check_error(scheme, relative_error(got, expected))
 
 
 def tensor_shapes(output: object) -> list[tuple[int, ...]]:
@@ -99,7 +99,7 @@ def test_lstm_proj_size(scheme: str, bidirectional: bool, plugin_manager) -> Non
     lengths = torch.tensor([5, 2, 4])
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
     with torch.no_grad():
-        assert relative_error(quantized(packed, state), model(packed, state)) < 0.05
+        check_error(scheme, relative_error(quantized(packed, state), model(packed, state)))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -115,9 +115,9 @@ def test_cells(scheme: str, cell: type[nn.Module], bias: bool, plugin_manager) -
         model, (x, state), scheme, plugin_manager, kinds={"": "recurrent"}
     )
     with torch.no_grad():
-        assert relative_error(quantized(x), model(x)) < 0.05  # no state: zeros
+        check_error(scheme, relative_error(quantized(x), model(x)))  # no state: zeros
         single = (state[0][0], state[1][0]) if isinstance(state, tuple) else state[0]
-        assert relative_error(quantized(x[0], single), model(x[0], single)) < 0.05
+        check_error(scheme, relative_error(quantized(x[0], single), model(x[0], single)))
 
 
 def test_recurrent_in_a_model_with_embedding(plugin_manager) -> None:
@@ -141,7 +141,7 @@ def test_recurrent_in_a_model_with_embedding(plugin_manager) -> None:
     assert kinds == {"embed": "embedding", "rnn": "recurrent", "head": "linear"}
     assert result.module is not None
     with torch.no_grad():
-        assert relative_error(result.module(tokens), model(tokens)) < 0.05
+        check_error("int8", relative_error(result.module(tokens), model(tokens)))
 
 
 def test_training_mode_applies_dropout_between_layers(plugin_manager) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from layer_checks import BOUNDS, check_layer, relative_error
+from layer_checks import check_error, check_layer, relative_error
 
 import quantcore
 
@@ -76,4 +76,4 @@ def test_tiny_gpt2(scheme: str, plugin_manager) -> None:
     with torch.no_grad():
         expected = model(tokens).logits
         got = result.module(tokens).logits
-    assert relative_error(got, expected) < BOUNDS[scheme]
+    check_error(scheme, relative_error(got, expected))
