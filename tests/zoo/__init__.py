@@ -30,6 +30,8 @@ test checks that every entry's declared ``layer_kinds`` equals the scan.
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,11 +131,37 @@ def torch_zoo() -> list[ZooEntry]:
     return torch_entries()
 
 
-def hf_zoo() -> list[ZooEntry]:
-    """HF transformers entries; [] when transformers is not importable."""
+# CI sets it (.ci/run): there transformers is installed, so the HF zoo must not vanish.
+REQUIRE_TRANSFORMERS_ENV_VAR = "QUANTCORE_REQUIRE_TRANSFORMERS"
+
+
+def hf_zoo_unavailable() -> str | None:
+    """Why the HF entries are missing (transformers not installed, or failing to import), or
+    None when they are there. ``test_zoo_float`` turns a reason into a visible skip, or into a
+    failure where transformers is installed or required."""
     try:
         import transformers  # noqa: F401
-    except Exception:
+    except Exception as exc:
+        return f"transformers cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def transformers_installed() -> bool:
+    try:
+        importlib.metadata.distribution("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def transformers_required() -> bool:
+    return bool(os.environ.get(REQUIRE_TRANSFORMERS_ENV_VAR))
+
+
+def hf_zoo() -> list[ZooEntry]:
+    """HF transformers entries; [] when transformers is not importable (see
+    hf_zoo_unavailable: a test reports it)."""
+    if hf_zoo_unavailable() is not None:
         return []
     from .hf_models import hf_entries
 
@@ -157,6 +185,7 @@ __all__ = [
     "scan_layer_kinds",
     "torch_zoo",
     "hf_zoo",
+    "hf_zoo_unavailable",
     "all_zoo",
     "get_entry",
 ]
