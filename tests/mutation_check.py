@@ -56,6 +56,14 @@ MUTATIONS = (
         pytest_args=("-m", "slow or not slow"),
     ),
     Mutation(
+        "weight-range-63",
+        "symmetric weights clamped to -63..63 (7-bit weights through the range, not the scale)",
+        f"{INT8}/quantization.py",
+        "SYMMETRIC_RANGE = (-127, 127)",
+        "SYMMETRIC_RANGE = (-63, 63)",
+        (ORACLES, "tests/test_int8_math.py"),
+    ),
+    Mutation(
         "bits-forced-8",
         "activation_bits always 8, also where the CPU's int8 GEMMs saturate",
         f"{INT8}/kernels_cpu.py",

@@ -70,7 +70,7 @@ def assert_weight_follows_formula(
     # The full range is used: on every row whose scale is not the floor (denormal-only rows
     # quantize to zeros), the largest magnitude is 127 (symmetric), or a negative minimum
     # lands on -128 and a positive maximum on 126 or 127 (asymmetric).
-    rows, source = oracles._rows(data, axis), oracles._rows(weight, axis)
+    rows, source = oracles.slices(data, axis), oracles.slices(weight, axis)
     full = want_scale.reshape(-1) > oracles.F32_TINY
     if symmetric:
         assert bool((rows.abs().amax(1)[full] == 127).all()), what
