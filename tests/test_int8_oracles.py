@@ -285,14 +285,9 @@ def test_int8_linear_kernels_compute_the_float64_oracle(
         assert error < 2e-3, error
     else:
         oracles.assert_linear_matches(got, oracle, what=f"{name}, {width}")
-        reference = registry_reference(registry).prepare(request)(x)
+        reference = serving_backend(registry, INT8_LINEAR[0], request).prepare(request)(x)
         scale = float(reference.abs().max())
         assert torch.allclose(got, reference, rtol=1e-5, atol=1e-6 * scale), "vs the reference"
-
-
-def registry_reference(registry: quantcore.Registry) -> quantcore.KernelBackend:
-    (reference,) = (b for b in registry.kernel_backends if b.name == "int8-linear-reference")
-    return reference
 
 
 @pytest.mark.parametrize("width", WIDTHS)
