@@ -12,7 +12,8 @@ AVX512-VNNI run 7-bit activations (``quantcore_int8.kernels_cpu.activation_bits`
 7-bit numbers are measured on any CPU by simulating one (tests/conftest.py).
 
 Regenerate (runs the tests that record baselines, at the native width and at simulated 7 bits,
-with ``QUANTCORE_UPDATE_BASELINES=1``, which records instead of checking)::
+with ``QUANTCORE_UPDATE_BASELINES`` set, which records instead of checking; a full run on a CPU
+with exact 8-bit activations rewrites the files, so keys of removed tests go)::
 
     .venv/bin/python tests/baselines.py             # every test that records a baseline
     .venv/bin/python tests/baselines.py tests/layers/test_conv.py   # only these tests' keys
@@ -80,10 +81,11 @@ class Baselines:
         )
 
     def write(self) -> None:
-        """Merge what this run measured into the file (keys it did not run stay as they were)."""
+        """Merge what this run measured into the file (keys it did not run stay as they were),
+        or replace the file's keys with them (``QUANTCORE_UPDATE_BASELINES=replace``)."""
         if not self.measured:
             return
-        merged = self.recorded()
+        merged = {} if os.environ.get(UPDATE_ENV_VAR) == "replace" else self.recorded()
         for key, widths in self.measured.items():
             merged.setdefault(key, {}).update({w: round(e, 7) for w, e in widths.items()})
         self.path.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
@@ -121,8 +123,12 @@ def main(argv: list[str]) -> int:
     selection = argv or _recording_files()
     root = TESTS.parent
     command = [sys.executable, "-m", "pytest", "-q", "-m", "slow or not slow", *selection]
+    # A full run on a CPU that computes 8-bit activations exactly records every key afresh
+    # (keys of removed tests go); otherwise it merges, keeping what it cannot measure here.
+    fresh = not argv and activation_width_key("int8") == "int8/8bit"
     for simulate in ("", "1"):
-        env = {**os.environ, UPDATE_ENV_VAR: "1", SIMULATE_ENV_VAR: simulate}
+        mode = "replace" if fresh and not simulate else "1"
+        env = {**os.environ, UPDATE_ENV_VAR: mode, SIMULATE_ENV_VAR: simulate}
         print(("simulated 7-bit CPU: " if simulate else "native CPU: ") + " ".join(command))
         if subprocess.run(command, cwd=root, env=env).returncode != 0:
             return 1

@@ -147,7 +147,9 @@ def test_quantize_stores_every_layer_kinds_weights_by_the_formula(
 ) -> None:
     torch.manual_seed(0)
     model = _EveryKind().eval()
-    state = quantcore.quantize(model, "int8", plugin_manager=plugin_manager).state_dict
+    convs = [{"layer_type": "conv", "dtype": "int8"}]  # opt-in: INT8 keeps them float by default
+    result = quantcore.quantize(model, "int8", plugin_manager=plugin_manager, overrides=convs)
+    state = result.state_dict
     sources = _float_sources(model)
     assert {k for k, t in state.items() if t.dtype == torch.int8} == set(sources)
     for name, (weight, symmetric) in sources.items():
