@@ -7,9 +7,10 @@ show that the test suite catches each one. Not part of the test run (15-20 minut
 
 Each mutation replaces one exact snippet of a source file (a snippet that no longer occurs, or
 occurs twice, is reported STALE: update the mutation with the code), then runs the tests named
-for it in the copy (its ``quantcore`` and plugins shadow the editable install through
-PYTHONPATH) with ``QUANTCORE_REQUIRE_TRANSFORMERS=1``, as CI does. CAUGHT: some test failed;
-MISSED: every test passed, the suite is blind to that bug. The same tests are first run on the
+for it in the copy (its ``quantcore``, plugins and ``quantcore_native`` shadow the editable
+install through PYTHONPATH; the native kernels built here are copied, C++ is not mutated) with
+``QUANTCORE_REQUIRE_TRANSFORMERS=1`` and ``QUANTCORE_REQUIRE_NATIVE=1``, as CI does. CAUGHT: some
+test failed; MISSED: every test passed, the suite is blind to that bug. The same tests are first run on the
 unmodified copy, which must pass. Exit status 0 only if every mutation is caught.
 """
 
@@ -106,6 +107,23 @@ MUTATIONS = (
         (ORACLES, KERNELS),
     ),
     Mutation(
+        "native-refuses",
+        "the native int8 backend's supports() returns False (available but refusing)",
+        f"{INT8}/kernels_native.py",
+        "def supports_native(request: KernelRequest) -> bool:\n"
+        "    return supports_per_token(request, native_int8_exact)",
+        "def supports_native(request: KernelRequest) -> bool:\n    return False",
+        (ORACLES,),
+    ),
+    Mutation(
+        "native-ignores-width",
+        "the native int8 kernel quantizes activations to 8 bits whatever the CPU's width",
+        f"{INT8}/kernels_native.py",
+        "self.bits = activation_bits(request.activation, request.device)",
+        "self.bits = request.activation.bits or 8",
+        (ORACLES,),
+    ),
+    Mutation(
         "fp16-keeps-float32",
         "the FP16 scheme stores float32 weights",
         "plugins/quantcore_fp16/__init__.py",
@@ -168,18 +186,21 @@ MUTATIONS = (
 
 
 def _copy_tree(target: Path) -> None:
-    """The working tree's tracked and untracked-but-not-ignored files (no .venv, no caches)."""
+    """The working tree's tracked and untracked-but-not-ignored files (no .venv, no caches),
+    and the native kernels as built here (an ignored build product; C++ is not mutated)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
         check=True,
         capture_output=True,
     ).stdout.split(b"\0")
-    for name in filter(None, listed):
-        source = ROOT / name.decode()
+    names = [name.decode() for name in filter(None, listed)]
+    names += [str(p.relative_to(ROOT)) for p in (ROOT / "native").glob("*/_C*.so")]
+    for name in names:
+        source = ROOT / name
         if source.is_file():
-            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name.decode())
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
 
 
 def _apply(mutation: Mutation, tree: Path) -> str | None:
@@ -202,11 +223,12 @@ def _run_tests(
     tree: Path, tests: tuple[str, ...], args: tuple[str, ...], shadow: bool
 ) -> tuple[int, str]:
     paths = [str(tree / ".shadow")] if shadow else []
-    paths += [str(tree), str(tree / "plugins")]
+    paths += [str(tree), str(tree / "plugins"), str(tree / "native")]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(paths),
         "QUANTCORE_REQUIRE_TRANSFORMERS": "1",
+        "QUANTCORE_REQUIRE_NATIVE": "1",
     }
     for variable in ("QUANTCORE_UPDATE_BASELINES", "QUANTCORE_SIMULATE_SATURATING_CPU"):
         env.pop(variable, None)
