@@ -85,14 +85,19 @@ def saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     simulate_saturating_cpu(monkeypatch)
 
 
-@pytest.fixture(autouse=True)
-def _simulated_cpu_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """QUANTCORE_SIMULATE_SATURATING_CPU=1 runs every test as on a CPU without AVX512-VNNI."""
+_SESSION_PATCH = pytest.MonkeyPatch()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """QUANTCORE_SIMULATE_SATURATING_CPU=1 runs the whole session (module-scoped fixtures too)
+    as on a CPU without AVX512-VNNI; a test that starts a fresh Python process runs that
+    process natively."""
     if os.environ.get(SIMULATE_ENV_VAR):
-        simulate_saturating_cpu(monkeypatch)
+        simulate_saturating_cpu(_SESSION_PATCH)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """In record mode (QUANTCORE_UPDATE_BASELINES=1), write the errors the run measured."""
+    _SESSION_PATCH.undo()
     for baselines in BASELINES:
         baselines.write()
