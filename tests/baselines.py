@@ -43,7 +43,7 @@ def activation_width_key(scheme: str) -> str:
     import torch
     from quantcore_int8.kernels_cpu import activation_bits
 
-    from quantcore import ActivationSpec
+    from quantcore.plugin import ActivationSpec
 
     return f"int8/{activation_bits(ActivationSpec(), torch.device('cpu'))}bit"
 

@@ -93,7 +93,7 @@ MUTATIONS = (
         "the fbgemm backends' supports() returns False (available but refusing)",
         f"{INT8}/kernels_cpu.py",
         "def supports_fbgemm(request: KernelRequest) -> bool:\n"
-        "    return _supports(request, fbgemm_int8_exact)",
+        "    return supports_per_token(request, fbgemm_int8_exact)",
         "def supports_fbgemm(request: KernelRequest) -> bool:\n    return False",
         (ORACLES, KERNELS),
     ),
@@ -102,7 +102,7 @@ MUTATIONS = (
         "the oneDNN backend's supports() returns False (available but refusing)",
         f"{INT8}/kernels_cpu.py",
         "def supports_onednn(request: KernelRequest) -> bool:\n"
-        "    return _supports(request, onednn_int8_exact)",
+        "    return supports_per_token(request, onednn_int8_exact)",
         "def supports_onednn(request: KernelRequest) -> bool:\n    return False",
         (ORACLES, KERNELS),
     ),
@@ -151,9 +151,9 @@ MUTATIONS = (
     Mutation(
         "weights-truncated",
         "weights quantized by truncation instead of rounding",
-        f"{INT8}/quantization.py",
-        "q = (block.to(torch.float32) / _broadcast(block_scale, block, axis)).round_()",
-        "q = (block.to(torch.float32) / _broadcast(block_scale, block, axis)).trunc_()",
+        "quantcore/affine.py",
+        "q = (x.to(torch.float32) / expand_params(scale, x, axis, group_size)).round_()",
+        "q = (x.to(torch.float32) / expand_params(scale, x, axis, group_size)).trunc_()",
         (ORACLES,),
     ),
     Mutation(

@@ -17,7 +17,7 @@ from quantcore_int8.quantization import quantize_activation
 from torch import nn
 
 import quantcore
-from quantcore import ActivationSpec, Granularity, KernelRequest, WeightSpec
+from quantcore.plugin import ActivationSpec, Granularity, KernelRequest, WeightSpec
 from tests.conftest import simulate_saturating_cpu
 
 CPU = torch.device("cpu")
@@ -215,7 +215,7 @@ def test_activation_width_follows_the_cpu(width: str, monkeypatch: pytest.Monkey
 
 
 def _request(
-    registry: quantcore.Registry, *, symmetric: bool, per_tensor: bool, bias: bool
+    registry: quantcore.plugin.Registry, *, symmetric: bool, per_tensor: bool, bias: bool
 ) -> KernelRequest:
     torch.manual_seed(3)
     granularity = Granularity.PER_TENSOR if per_tensor else Granularity.PER_CHANNEL
@@ -239,8 +239,8 @@ def _inputs(tokens: int) -> torch.Tensor:
 
 
 def serving_backend(
-    registry: quantcore.Registry, name: str, request: KernelRequest
-) -> quantcore.KernelBackend:
+    registry: quantcore.plugin.Registry, name: str, request: KernelRequest
+) -> quantcore.plugin.KernelBackend:
     """The named backend, which must serve ``request``: skipped only where this torch build
     lacks it (or the native kernels are not built, unless QUANTCORE_REQUIRE_NATIVE=1, as in CI);
     an available backend that refuses is a failure, not a skip."""

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from quantcore_layers import QuantizedModule
 from torch import nn
 
 import quantcore
+from quantcore.plugin import QuantizedModule
 from reliability.helpers import Tally
 
 pytestmark = pytest.mark.usefixtures("torch_state_unchanged")
