@@ -1,5 +1,5 @@
 """Mutation check: plant realistic bugs, one at a time, in a temporary copy of the repository and
-show that the test suite catches each one. Not part of the test run (15-20 minutes on 2 cores).
+show that the test suite catches each one. Not part of the test run (5-20 minutes on 2 shared cores).
 
     .venv/bin/python tests/mutation_check.py              # every mutation
     .venv/bin/python tests/mutation_check.py scale-63 fp16-keeps-float32   # some of them
