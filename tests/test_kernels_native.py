@@ -147,20 +147,19 @@ def test_fbgemm_and_onednn_gemms_compute_the_same(
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_rounding_ties_go_to_the_even_integer(symmetric: bool) -> None:
     """Values exactly halfway between two steps round as torch.round does (half to even); one
-    integer off anywhere moves the output by far more than the tolerance."""
-    kernel, weight, scale, _ = _layer(16, 64, symmetric, bias=False, bits=8)
-    qmin, qmax = activation_range(8, symmetric)
-    step = 1.0
+    integer off anywhere moves the output by far more than the tolerance. At the width this
+    CPU runs (8 bits, or 7 where int8 GEMMs saturate): the row's range makes the step exactly 1."""
+    kernel, weight, scale, _ = _layer(16, 64, symmetric, bias=False)
+    bits = kernel.bits
+    qmin, qmax = activation_range(bits, symmetric)
     x = torch.zeros(1, 64)
-    x[0, 0] = qmin * step if not symmetric else -qmax * step  # the range: scale is exactly 1
-    x[0, 1] = qmax * step
-    x[0, 2:10] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 100.5, -99.5])
-    if not symmetric:  # scale = (127 - (-128)) / 255 = 1, zero point 0
-        x[0, 1] = float(qmax)
-    q, token_scale, _ = _quantized_tokens(x, 8, symmetric)
+    x[0, 0] = -qmax if symmetric else qmin  # the range: (qmax - qmin) / steps = 1
+    x[0, 1] = qmax
+    x[0, 2:10] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 40.5, -39.5])
+    q, token_scale, _ = _quantized_tokens(x, bits, symmetric)
     assert float(token_scale) == 1.0
-    assert q[0, 2:10].tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 100.0, -100.0]
-    assert _close(kernel(x), _oracle(x, weight, scale, None, 8, symmetric), rtol=1e-7)
+    assert q[0, 2:10].tolist() == [0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 40.0, -40.0]
+    assert _close(kernel(x), _oracle(x, weight, scale, None, bits, symmetric), rtol=1e-7)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

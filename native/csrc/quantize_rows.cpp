@@ -245,7 +245,9 @@ RowParams quantize_row_symmetric(const float* x, int64_t k, int32_t qmax, uint8_
     std::fill(u, u + k, static_cast<uint8_t>(qmax + 1));
     return RowParams{kNaN, qmax + 1};
   }
-  const float factor = static_cast<float>(qmax) / bound;
+  // torch computes the reference's qmax / bound as reciprocal(bound) * qmax (Tensor.__rtruediv__):
+  // the same two roundings here, or a value near a rounding tie could land on the other integer
+  const float factor = (1.0f / bound) * static_cast<float>(qmax);
   const float zero = static_cast<float>(qmax + 1);  // u = q + qmax + 1 lies in [1, 2 qmax + 1]
   to_uint8<false>(x, k, factor, zero, static_cast<float>(2 * qmax + 1), u);
   return RowParams{bound / static_cast<float>(qmax), qmax + 1};

@@ -17,7 +17,8 @@ struct RowParams {
   int32_t zero;  // subtracted from u: the zero point on the unsigned scale
 };
 
-// Symmetric rows: bound = max|x| (at least 1e-30), q = round(x * (qmax / bound)), u = q + qmax + 1.
+// Symmetric rows: bound = max|x| (at least 1e-30), q = round(x * (qmax / bound)) with qmax / bound
+// computed as torch does it (reciprocal(bound) * qmax), u = q + qmax + 1.
 RowParams quantize_row_symmetric(const float* x, int64_t k, int32_t qmax, uint8_t* u);
 
 // Asymmetric rows: scale = (high / steps - low / steps) with low <= 0 <= high, zero point

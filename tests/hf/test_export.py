@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from hf_helpers import BUILDERS, run
+from quantcore_int8.kernels_cpu import activation_bits
 
 import quantcore
 from quantcore.cli import main
+from quantcore.plugin import ActivationSpec
 
 transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -99,7 +101,10 @@ def test_transformers_loads_the_export_with_compressed_tensors(tmp_path: Path) -
         )
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out)  # activations fake-quantized
     expected, got, float_out = run(reference), run(loaded), run(model)
-    assert (got - expected).abs().max() < 0.5 * (expected - float_out).abs().max() + 1e-3
+    if activation_bits(ActivationSpec(), torch.device("cpu")) == 8:  # the export's width too
+        assert (got - expected).abs().max() < 0.5 * (expected - float_out).abs().max() + 1e-3
+    else:  # quantcore runs 7-bit activations on this CPU; the export keeps 8 (more accurate)
+        assert (got - float_out).abs().max() <= (expected - float_out).abs().max() + 1e-3
 
 
 def test_gpt2_conv1d_layers_are_written_float_and_ignored(tmp_path: Path) -> None:
