@@ -545,9 +545,9 @@ def machine() -> dict[str, str]:
                 wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
                 info["int8/fp16 flags"] = " ".join(f for f in wanted if f in flags) or "none"
     try:
-        from quantcore_int8 import kernels_cpu
+        from quantcore_int8 import cpu_gemms as int8_gemms
 
-        info["int8 8-bit products exact (VNNI)"] = str(kernels_cpu.cpu_int8_exact())
+        info["int8 8-bit products exact (VNNI)"] = str(int8_gemms.cpu_int8_exact())
     except ImportError:
         pass
     with contextlib.suppress(ImportError):

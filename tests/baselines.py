@@ -8,7 +8,7 @@ from there). ``FLOOR`` is added to both sides, so an entry whose error is tiny d
 float summation order (another kernel may round the last bit differently).
 
 INT8 errors are recorded per activation width ("int8/8bit", "int8/7bit"): CPUs without
-AVX512-VNNI run 7-bit activations (``quantcore_int8.kernels_cpu.activation_bits``), and the
+AVX512-VNNI run 7-bit activations (``quantcore_int8.cpu_gemms.activation_bits``), and the
 7-bit numbers are measured on any CPU by simulating one (tests/conftest.py).
 
 Regenerate (runs the tests that record baselines, at the native width and at simulated 7 bits,
@@ -41,7 +41,7 @@ def activation_width_key(scheme: str) -> str:
     if scheme != "int8":
         return scheme
     import torch
-    from quantcore_int8.kernels_cpu import activation_bits
+    from quantcore_int8.cpu_gemms import activation_bits
 
     from quantcore.plugin import ActivationSpec
 

@@ -72,10 +72,10 @@ def simulate_saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     without VNNI): its exactness self-tests answer no, so layers that leave the width open run
     7-bit activations, in the reference and the fast kernels alike (which are exact at 7 bits
     on any CPU). Kernels are prepared when a model is quantized: simulate before that."""
-    from quantcore_int8 import kernels_cpu, kernels_native
+    from quantcore_int8 import cpu_gemms, kernels_native
 
     for name in ("cpu_int8_exact", "onednn_int8_exact", "fbgemm_int8_exact"):
-        monkeypatch.setattr(kernels_cpu, name, lambda: False)
+        monkeypatch.setattr(cpu_gemms, name, lambda: False)
     monkeypatch.setattr(kernels_native, "native_int8_exact", lambda: False)
 
 

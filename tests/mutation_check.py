@@ -67,7 +67,7 @@ MUTATIONS = (
     Mutation(
         "bits-forced-8",
         "activation_bits always 8, also where the CPU's int8 GEMMs saturate",
-        f"{INT8}/kernels_cpu.py",
+        f"{INT8}/cpu_gemms.py",
         "return 8 if cpu_int8_exact() else 7",
         "return 8",
         (ORACLES, KERNELS),
@@ -75,7 +75,7 @@ MUTATIONS = (
     Mutation(
         "bits-forced-7",
         "activation_bits always 7, also where 8 bits are exact (accuracy lost for nothing)",
-        f"{INT8}/kernels_cpu.py",
+        f"{INT8}/cpu_gemms.py",
         "return 8 if cpu_int8_exact() else 7",
         "return 7",
         (ORACLES, "tests/zoo/test_zoo_quantize.py"),
@@ -93,7 +93,7 @@ MUTATIONS = (
         "the fbgemm backends' supports() returns False (available but refusing)",
         f"{INT8}/kernels_cpu.py",
         "def supports_fbgemm(request: KernelRequest) -> bool:\n"
-        "    return supports_per_token(request, fbgemm_int8_exact)",
+        "    return supports_per_token(request, cpu_gemms.fbgemm_int8_exact)",
         "def supports_fbgemm(request: KernelRequest) -> bool:\n    return False",
         (ORACLES, KERNELS),
     ),
@@ -102,7 +102,7 @@ MUTATIONS = (
         "the oneDNN backend's supports() returns False (available but refusing)",
         f"{INT8}/kernels_cpu.py",
         "def supports_onednn(request: KernelRequest) -> bool:\n"
-        "    return supports_per_token(request, onednn_int8_exact)",
+        "    return supports_per_token(request, cpu_gemms.onednn_int8_exact)",
         "def supports_onednn(request: KernelRequest) -> bool:\n    return False",
         (ORACLES, KERNELS),
     ),
@@ -119,7 +119,7 @@ MUTATIONS = (
         "native-ignores-width",
         "the native int8 kernel quantizes activations to 8 bits whatever the CPU's width",
         f"{INT8}/kernels_native.py",
-        "self.bits = activation_bits(request.activation, request.device)",
+        "self.bits = cpu_gemms.activation_bits(request.activation, request.device)",
         "self.bits = request.activation.bits or 8",
         (ORACLES,),
     ),
@@ -178,8 +178,8 @@ MUTATIONS = (
         "single-token-8bit",
         "fbgemm's single-token path quantizes 8-bit where the layer runs 7-bit activations",
         f"{INT8}/kernels_cpu.py",
-        'y = _fbgemm_linear(x32, self._packed("fbgemm"), self.bits == 7)',
-        'y = _fbgemm_linear(x32, self._packed("fbgemm"), False)',
+        'y = cpu_gemms.fbgemm_linear(x32, self._packed("fbgemm"), self.bits == 7)',
+        'y = cpu_gemms.fbgemm_linear(x32, self._packed("fbgemm"), False)',
         (ORACLES,),
     ),
 )

@@ -12,7 +12,7 @@ import oracles
 import pytest
 import quantcore_native
 import torch
-from quantcore_int8 import kernels_cpu
+from quantcore_int8 import cpu_gemms as int8_gemms
 from quantcore_int8.quantization import quantize_activation
 from torch import nn
 
@@ -35,7 +35,7 @@ WIDTHS = ("cpu", "7bit")  # the CPU's own activation width, and a simulated 7-bi
 def _expected_bits(width: str) -> int:
     """The width layers that leave it open must use: 7 on a CPU whose int8 GEMMs saturate at 8
     bits (the self-test's hardware answer, or the simulation), else 8."""
-    return 7 if width == "7bit" or not kernels_cpu.cpu_int8_exact() else 8
+    return 7 if width == "7bit" or not int8_gemms.cpu_int8_exact() else 8
 
 
 def _apply_width(width: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,9 +209,9 @@ def test_per_token_activations_follow_the_formula(bits: int, symmetric: bool) ->
 @pytest.mark.parametrize("width", WIDTHS)
 def test_activation_width_follows_the_cpu(width: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _apply_width(width, monkeypatch)
-    assert kernels_cpu.activation_bits(ActivationSpec(), CPU) == _expected_bits(width)
+    assert int8_gemms.activation_bits(ActivationSpec(), CPU) == _expected_bits(width)
     for bits in (2, 7, 8):  # a width the spec fixes is kept, whatever the CPU
-        assert kernels_cpu.activation_bits(ActivationSpec(bits=bits), CPU) == bits
+        assert int8_gemms.activation_bits(ActivationSpec(bits=bits), CPU) == bits
 
 
 def _request(

@@ -16,6 +16,7 @@ import torch
 from baselines import SIMULATE_ENV_VAR, check_error
 from oracles import relative_error
 from quantcore_fp16 import kernels_cpu as fp16_cpu
+from quantcore_int8 import cpu_gemms as int8_gemms
 from quantcore_int8 import kernels_cpu as int8_cpu
 from torch import nn
 
@@ -102,24 +103,24 @@ def test_int8_backend_computes_the_reference(
 
 def test_activation_width_follows_the_cpu() -> None:
     seven, eight = ActivationSpec(bits=7), ActivationSpec(bits=8)
-    assert int8_cpu.activation_bits(seven, CPU) == 7
-    assert int8_cpu.activation_bits(eight, CPU) == 8
-    assert int8_cpu.activation_bits(ActivationSpec(), torch.device("meta")) == 8
-    expected = 8 if int8_cpu.cpu_int8_exact() else 7
-    assert int8_cpu.activation_bits(ActivationSpec(), CPU) == expected
+    assert int8_gemms.activation_bits(seven, CPU) == 7
+    assert int8_gemms.activation_bits(eight, CPU) == 8
+    assert int8_gemms.activation_bits(ActivationSpec(), torch.device("meta")) == 8
+    expected = 8 if int8_gemms.cpu_int8_exact() else 7
+    assert int8_gemms.activation_bits(ActivationSpec(), CPU) == expected
 
 
 def test_self_test_detects_saturation_the_way_the_kernel_behaves() -> None:
     """With 8-bit activations the oneDNN result is exact iff the self-test says so."""
-    if not int8_cpu.onednn_available():
+    if not int8_gemms.onednn_available():
         pytest.skip("no oneDNN int8 ops in this torch build")
     if os.environ.get(SIMULATE_ENV_VAR):
         pytest.skip("the self-test is simulated in this run: it cannot match the hardware")
     k = 256
     wq = torch.full((8, k), 127, dtype=torch.int8)
     xu8 = torch.full((3, k), 255, dtype=torch.uint8)  # q = 127 with zero point 128
-    y = int8_cpu._onednn_gemm(xu8, 128, int8_cpu._onednn_prepack(wq), torch.ones(8))
-    assert (float(y[0, 0]) == 127 * 127 * k) == int8_cpu.onednn_int8_exact()
+    y = int8_gemms.onednn_gemm(xu8, 128, int8_gemms.onednn_prepack(wq), torch.ones(8))
+    assert (float(y[0, 0]) == 127 * 127 * k) == int8_gemms.onednn_int8_exact()
 
 
 def test_seven_bit_activations_are_what_the_reference_computes(
@@ -149,7 +150,7 @@ def test_eight_bits_on_a_saturating_cpu_fall_back_to_the_reference(
     for name in INT8_FAST:
         backend = _backend(registry, name)
         if backend.is_available() and "onednn" in name:
-            assert backend.supports(request) == int8_cpu.onednn_int8_exact(), name
+            assert backend.supports(request) == int8_gemms.onednn_int8_exact(), name
 
 
 def test_unsupported_layouts_are_left_to_the_reference(
@@ -181,16 +182,16 @@ def test_missing_fbgemm_falls_back_to_onednn_then_reference(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(quantcore_native, "available", lambda: False)
-    monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
+    monkeypatch.setattr(int8_gemms, "fbgemm_available", lambda: False)
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
-    expected_kernel = "int8-linear-onednn" if int8_cpu.onednn_available() else None
+    expected_kernel = "int8-linear-onednn" if int8_gemms.onednn_available() else None
     if expected_kernel:
         assert quantized[0].kernel_name == expected_kernel
     x = torch.randn(4, 64)
     with torch.no_grad():
         fast = quantized(x)
 
-    monkeypatch.setattr(int8_cpu, "onednn_available", lambda: False)
+    monkeypatch.setattr(int8_gemms, "onednn_available", lambda: False)
     model, quantized = _quantize_linear(quantcore.create_plugin_manager(), "int8")
     result = quantcore.quantize(model, "int8", plugin_manager=quantcore.create_plugin_manager())
     assert {line.kernel for line in result.report.quantized} == {"int8-linear-reference"}
@@ -209,7 +210,7 @@ def test_report_names_the_fast_kernel(plugin_manager: quantcore.QuantcorePluginM
     assert line.kernel == result.module[0].kernel_name
     if quantcore_native.available():
         assert line.kernel == "int8-linear-native"
-    elif int8_cpu.fbgemm_available() and int8_cpu.onednn_available():
+    elif int8_gemms.fbgemm_available() and int8_gemms.onednn_available():
         assert line.kernel == "int8-linear-fbgemm+onednn"
 
 
@@ -296,17 +297,17 @@ def test_the_onednn_custom_op_computes_the_onednn_gemm() -> None:
     fake implementation gives the real output's shape and dtype. (torch.library.opcheck cannot
     run here: its checks read storage pointers, which oneDNN's packed weight has none of; the
     slow test below compiles it with fullgraph=True.)"""
-    if not int8_cpu.onednn_available():
+    if not int8_gemms.onednn_available():
         pytest.skip("no oneDNN int8 ops in this torch")
     weight = torch.randint(-127, 128, (48, 96), dtype=torch.int8)
     args = (
         torch.randint(0, 128, (5, 96), dtype=torch.uint8),
         3,
-        int8_cpu._onednn_prepack(weight),
+        int8_gemms.onednn_prepack(weight),
         torch.rand(48),
         torch.zeros(48, dtype=torch.long),
     )
-    expected = int8_cpu._onednn_gemm(*args)
+    expected = int8_gemms.onednn_gemm(*args)
     got = torch.ops.quantcore_int8.onednn_linear(*args)
     assert torch.equal(got, expected)
     with torch.device("meta"):
@@ -318,7 +319,7 @@ def test_the_onednn_custom_op_computes_the_onednn_gemm() -> None:
 
 def _skip_unless_onednn_serves(layer: nn.Module) -> None:
     """Skips where this torch has no oneDNN int8 ops; where it has them, they must serve."""
-    if not int8_cpu.onednn_available():
+    if not int8_gemms.onednn_available():
         pytest.skip("no oneDNN int8 ops in this torch build")
     assert layer.kernel_name in ("int8-linear-fbgemm+onednn", "int8-linear-onednn")
 
@@ -354,7 +355,7 @@ def test_calls_fbgemm_serves_are_one_graph_op_under_torch_compile(
     torch._dynamo.reset()
     monkeypatch.setattr(quantcore_native, "available", lambda: False)  # the pure-torch kernels
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), dtype)
-    available = int8_cpu.fbgemm_available if dtype == "int8" else fp16_cpu.fbgemm_fp16_available
+    available = int8_gemms.fbgemm_available if dtype == "int8" else fp16_cpu.fbgemm_fp16_available
     if not available():
         pytest.skip(f"no fbgemm {dtype} ops in this torch build")
     assert "fbgemm" in quantized[0].kernel_name, quantized[0].kernel_name
@@ -387,10 +388,10 @@ def test_no_cpu_linear_kernel_is_a_graph_break(
     if "native" in unavailable:
         monkeypatch.setattr(quantcore_native, "available", lambda: False)
     if "fbgemm" in unavailable:
-        monkeypatch.setattr(int8_cpu, "fbgemm_available", lambda: False)
+        monkeypatch.setattr(int8_gemms, "fbgemm_available", lambda: False)
         monkeypatch.setattr(fp16_cpu, "fbgemm_fp16_available", lambda: False)
     if "onednn" in unavailable:
-        monkeypatch.setattr(int8_cpu, "onednn_available", lambda: False)
+        monkeypatch.setattr(int8_gemms, "onednn_available", lambda: False)
     _, quantized = _quantize_linear(quantcore.create_plugin_manager(), dtype)
     for tokens in (1, 100):
         torch._dynamo.reset()
@@ -443,13 +444,13 @@ def test_uint8_conversion_keeps_every_value(high: int) -> None:
 def fbgemm_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple[int, ...], bool]]:
     """(input shape, reduce_range) of every fbgemm GEMM call the test makes."""
     calls: list[tuple[tuple[int, ...], bool]] = []
-    linear = int8_cpu._fbgemm_linear
+    linear = int8_gemms.fbgemm_linear
 
     def spy(x: torch.Tensor, packed: object, reduce_range: bool) -> torch.Tensor:
         calls.append((tuple(x.shape), reduce_range))
         return linear(x, packed, reduce_range)
 
-    monkeypatch.setattr(int8_cpu, "_fbgemm_linear", spy)
+    monkeypatch.setattr(int8_gemms, "fbgemm_linear", spy)
     return calls
 
 
@@ -469,7 +470,7 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
     calls = fbgemm_calls
     kernel = backend.prepare(request)
     reference = _backend(registry, "int8-linear-reference").prepare(request)
-    bits = int8_cpu.activation_bits(request.activation, CPU)  # type: ignore[arg-type]
+    bits = int8_gemms.activation_bits(request.activation, CPU)  # type: ignore[arg-type]
     torch.manual_seed(0)
     worst = 0.0
     for scale in (0.05, 1.0, 30.0):
@@ -486,7 +487,7 @@ def test_one_asymmetric_token_goes_to_fbgemm_raw(
     assert torch.allclose(
         kernel(x), reference(x), rtol=1e-5, atol=1e-5 * float(reference(x).abs().max())
     )
-    assert calls == [((2 + int8_cpu._SPARE_ROWS, 96), False)]
+    assert calls == [((2 + int8_gemms.SPARE_ROWS, 96), False)]
 
 
 @pytest.mark.parametrize(
@@ -574,4 +575,4 @@ def test_a_near_constant_single_token_takes_the_exact_path(
     expected = reference(x)
     assert torch.allclose(kernel(x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     # the pinned-rows path (the token plus its spare rows), not the raw token
-    assert fbgemm_calls == [((1 + int8_cpu._SPARE_ROWS, 96), False)]
+    assert fbgemm_calls == [((1 + int8_gemms.SPARE_ROWS, 96), False)]

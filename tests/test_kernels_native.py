@@ -14,7 +14,7 @@ import quantcore_native
 import torch
 from quantcore_fp16 import kernels_native as fp16_native
 from quantcore_int8 import kernels_native
-from quantcore_int8.kernels_cpu import activation_bits
+from quantcore_int8.cpu_gemms import activation_bits
 from quantcore_int8.quantization import activation_range
 from torch import nn
 

@@ -16,7 +16,7 @@ import pytest
 import quantcore_native
 import torch
 from quantcore_fp16 import kernels_cpu as fp16_cpu
-from quantcore_int8 import kernels_cpu as int8_cpu
+from quantcore_int8 import cpu_gemms as int8_gemms
 from torch import nn
 
 import quantcore
@@ -34,7 +34,7 @@ def _quantized(dtype: str) -> nn.Module:
     module = quantcore.quantize(_model(), dtype).module
     assert module is not None
     kernel = module[0]._kernel
-    if dtype == "int8" and not int8_cpu.fbgemm_unpack_available():
+    if dtype == "int8" and not int8_gemms.fbgemm_unpack_available():
         pytest.skip("this torch cannot unpack fbgemm's int8 weights")
     if dtype == "fp16" and not fp16_cpu.fbgemm_fp16_unpack_available():
         pytest.skip("this torch cannot unpack fbgemm's fp16 weights")

@@ -10,7 +10,7 @@ import torch
 
 from quantcore import plugin
 from quantcore.plugin import ActivationSpec, Granularity, LayerSpec, WeightSpec
-from quantcore_int8 import kernels_cpu, kernels_cuda, kernels_native
+from quantcore_int8 import cpu_gemms, kernels_cpu, kernels_cuda, kernels_native
 from quantcore_int8.kernels import prepare_reference_linear
 from quantcore_int8.kernels_conv import prepare_reference_conv, supports_conv
 from quantcore_int8.kernels_embedding import (
@@ -209,7 +209,7 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         op="linear",
         weight_format=FORMAT,
         prepare=kernels_cpu.prepare_fbgemm_onednn_linear,
-        is_available=kernels_cpu.fbgemm_and_onednn_available,
+        is_available=cpu_gemms.fbgemm_and_onednn_available,
         supports=kernels_cpu.supports_fbgemm_onednn,
         priority=30,
         description=(
@@ -222,7 +222,7 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         op="linear",
         weight_format=FORMAT,
         prepare=kernels_cpu.prepare_onednn_linear,
-        is_available=kernels_cpu.onednn_available,
+        is_available=cpu_gemms.onednn_available,
         supports=kernels_cpu.supports_onednn,
         priority=20,
         description="CPU: oneDNN int8 GEMM (torch.ops.onednn.qlinear_pointwise), per-token scales",
@@ -232,7 +232,7 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         op="linear",
         weight_format=FORMAT,
         prepare=kernels_cpu.prepare_fbgemm_linear,
-        is_available=kernels_cpu.fbgemm_available,
+        is_available=cpu_gemms.fbgemm_available,
         supports=kernels_cpu.supports_fbgemm,
         priority=10,
         description="CPU: fbgemm int8 GEMM (deprecated op, warnings hidden), per-token scales",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from quantcore.plugin import KernelRequest
-from quantcore_int8.kernels_cpu import activation_bits
+from quantcore_int8.cpu_gemms import activation_bits
 from quantcore_int8.quantization import dequantize_weight, fake_quantize_activation
 
 

@@ -8,11 +8,8 @@ u8 x s8 form is the fast one. One exception, for speed where it matters most (de
 single asymmetric token goes to fbgemm raw, and fbgemm's own rounding of its scale and zero
 point may move some integers by one step.
 
-Width of the activations: without AVX512-VNNI (or AMX), x86 int8 GEMMs add pairs of u8 x s8
-products in saturating int16, so 8-bit activations times 8-bit weights can overflow. A one-off
-self-test tells whether this CPU computes 8-bit products exactly; if not, activations whose
-spec leaves ``bits`` open use 7 bits (as torch.ao's ``reduce_range``), and the reference
-backend uses the same width (:func:`activation_bits`), so the fast path stays exact.
+Width of the activations: the one every int8 backend uses (``cpu_gemms.activation_bits``: 8
+bits, or 7 on CPUs whose int8 GEMMs saturate), so the fast path stays exact.
 
 * oneDNN (``torch.ops.onednn.qlinear_prepack`` / ``qlinear_pointwise``): no deprecation, the
   default for many tokens. Inductor cannot lower it outside its own freezing flow, so under
@@ -35,7 +32,6 @@ again) never pays for packing, and the packed copy is never pickled.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -45,13 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from quantcore.plugin import (
-    ActivationSpec,
     Granularity,
     KernelRequest,
     QuantizedWeight,
     call_in_graph,
     graph_handle,
 )
+from quantcore_int8 import cpu_gemms
 from quantcore_int8.quantization import (
     MIN_ACTIVATION_BOUND,
     activation_range,
@@ -67,75 +63,7 @@ _TINY = torch.finfo(torch.float32).tiny
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-# ---------------------------------------------------------------- availability and self-tests
-
-
-def _op(namespace: str, name: str) -> Any:
-    try:
-        return getattr(getattr(torch.ops, namespace), name)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def onednn_available() -> bool:
-    """Whether this torch build has oneDNN's int8 linear ops."""
-    return (
-        _op("onednn", "qlinear_prepack") is not None
-        and _op("onednn", "qlinear_pointwise") is not None
-    )
-
-
-def fbgemm_available() -> bool:
-    """Whether this torch build still has fbgemm's (deprecated) dynamic int8 linear ops."""
-    engines = torch.backends.quantized.supported_engines
-    return (
-        _op("quantized", "linear_dynamic") is not None
-        and _op("quantized", "linear_prepack") is not None
-        and hasattr(torch, "_make_per_channel_quantized_tensor")
-        and ("fbgemm" in engines or "x86" in engines)
-    )
-
-
-@functools.cache
-def fbgemm_unpack_available() -> bool:
-    """Whether fbgemm can give packed int8 weights back (what lets the plain copy go)."""
-    return _op("quantized", "linear_unpack") is not None
-
-
-def fbgemm_and_onednn_available() -> bool:
-    return fbgemm_available() and onednn_available()
-
-
-def _onednn_prepack(wq: torch.Tensor) -> torch.Tensor:
-    return torch.ops.onednn.qlinear_prepack(wq, None)  # type: ignore[no-any-return]
-
-
-def _onednn_gemm(
-    xu8: torch.Tensor,
-    zero_point: int,
-    packed: torch.Tensor,
-    scales: torch.Tensor,
-    weight_zeros: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """sum_k (xu8 - zero_point) * w * scale[n], in float32."""
-    if weight_zeros is None:
-        weight_zeros = torch.zeros(scales.shape[0], dtype=torch.long)
-    out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
-        xu8,
-        1.0,
-        zero_point,
-        packed,
-        scales,
-        weight_zeros,
-        None,
-        1.0,
-        0,
-        torch.float32,
-        "none",
-        [],
-        "",
-    )
-    return out
+# ------------------------------------------------------------------ the GEMM under compile
 
 
 @torch.library.custom_op("quantcore_int8::onednn_linear", mutates_args=())
@@ -148,7 +76,7 @@ def _onednn_linear_op(
 ) -> torch.Tensor:
     """oneDNN's GEMM as one opaque op that torch.compile keeps in its graph (no graph break):
     inductor has no lowering for the packed weight outside its own freezing flow."""
-    return _onednn_gemm(xu8, zero_point, packed, scales, weight_zeros)
+    return cpu_gemms.onednn_gemm(xu8, zero_point, packed, scales, weight_zeros)
 
 
 @_onednn_linear_op.register_fake
@@ -162,89 +90,9 @@ def _onednn_linear_fake(
     return xu8.new_empty((xu8.shape[0], scales.shape[0]), dtype=torch.float32)
 
 
-def _fbgemm_pack(wq: torch.Tensor, scales: torch.Tensor) -> Any:
-    """fbgemm's packed weight (per-channel scales folded into its output stage). Packing needs a
-    quantized tensor: it exists only for this call, with its deprecation warnings hidden."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zeros = torch.zeros(wq.shape[0], dtype=torch.long)
-        qweight = torch._make_per_channel_quantized_tensor(wq, scales.double(), zeros, 0)
-        return torch.ops.quantized.linear_prepack(qweight, None)
-
-
-def _fbgemm_linear(x: torch.Tensor, packed: Any, reduce_range: bool) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out: torch.Tensor = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
-    return out
-
-
-_SPARE_ROWS = 2  # rows after the input that pin the fbgemm kernel's min and max
 # torch's ChooseQuantizationParams raises smaller scales to this; tokens whose range would need
 # one take the exact path instead of the single-token shortcut (with a factor 2 of margin).
 _FBGEMM_MIN_SCALE = 6.1e-5
-
-
-def _fbgemm_gemm(q: torch.Tensor, zero_point: int, packed: Any) -> torch.Tensor:
-    """sum_k q * w * scale[n] (exact integer sums) for ``q`` holding integer values in
-    [-zero_point, 255 - zero_point]; its last ``_SPARE_ROWS`` rows are overwritten here."""
-    # A token with NaN or Inf has a non-finite scale, so its output row is NaN/Inf whatever its
-    # integers are; fbgemm refuses NaN in its min/max, so those values go in as zeros.
-    q.nan_to_num_(0.0)
-    q[-_SPARE_ROWS:].zero_()
-    q[-2, 0] = -zero_point
-    q[-1, 0] = 255 - zero_point
-    return _fbgemm_linear(q, packed, False)[:-_SPARE_ROWS]
-
-
-@functools.cache
-def onednn_int8_exact() -> bool:
-    """Whether oneDNN computes 8-bit x 8-bit products exactly on this CPU (VNNI/AMX) rather
-    than saturating pair sums at int16 (AVX2, AVX512 without VNNI)."""
-    if not onednn_available():
-        return False
-    k = 64
-    try:
-        packed = _onednn_prepack(torch.full((4, k), 127, dtype=torch.int8))
-        y = _onednn_gemm(torch.full((2, k), 255, dtype=torch.uint8), 0, packed, torch.ones(4))
-    except RuntimeError:
-        return False
-    return float(y[0, 0]) == 255 * 127 * k
-
-
-@functools.cache
-def fbgemm_int8_exact() -> bool:
-    """The same self-test for fbgemm."""
-    if not fbgemm_available():
-        return False
-    k = 64
-    wq = torch.full((4, k), 127, dtype=torch.int8)
-    try:
-        q = torch.full((2 + _SPARE_ROWS, k), 127.0)
-        y = _fbgemm_gemm(q, 128, _fbgemm_pack(wq, torch.ones(4)))
-    except RuntimeError:
-        return False
-    return float(y[0, 0]) == 127 * 127 * k
-
-
-def cpu_int8_exact() -> bool:
-    """Whether this CPU's int8 GEMMs take 8-bit activations exactly (no GEMM: nothing saturates)."""
-    if onednn_available():
-        return onednn_int8_exact()
-    if fbgemm_available():
-        return fbgemm_int8_exact()
-    return True
-
-
-def activation_bits(spec: ActivationSpec, device: torch.device) -> int:
-    """The activation width layers with ``spec`` use on ``device``: the spec's own, else 8, or 7
-    on CPUs whose int8 GEMMs would saturate at 8. Every int8 backend, the reference included,
-    uses this, so they agree on the math."""
-    if spec.bits is not None:
-        return spec.bits
-    if device.type != "cpu":
-        return 8
-    return 8 if cpu_int8_exact() else 7
 
 
 # ------------------------------------------------------------------------------- support
@@ -274,16 +122,16 @@ def supports_per_token(request: KernelRequest, exact8: Callable[[], bool]) -> bo
         return False
     if channel_scales(request.weight) is None:
         return False
-    bits = activation_bits(act, request.device)
+    bits = cpu_gemms.activation_bits(act, request.device)
     return 2 <= bits <= 7 or (bits == 8 and exact8())
 
 
 def supports_onednn(request: KernelRequest) -> bool:
-    return supports_per_token(request, onednn_int8_exact)
+    return supports_per_token(request, cpu_gemms.onednn_int8_exact)
 
 
 def supports_fbgemm(request: KernelRequest) -> bool:
-    return supports_per_token(request, fbgemm_int8_exact)
+    return supports_per_token(request, cpu_gemms.fbgemm_int8_exact)
 
 
 def supports_fbgemm_onednn(request: KernelRequest) -> bool:
@@ -325,7 +173,7 @@ class _Int8Linear:
         self.weight_scale, self.weight_spec = request.weight.scale, request.weight.spec
         self.scales = scales
         self.bias = None if request.bias is None else request.bias.detach().to(torch.float32)
-        bits = activation_bits(request.activation, request.device)
+        bits = cpu_gemms.activation_bits(request.activation, request.device)
         self.symmetric = request.activation.symmetric
         self.qmin, self.qmax = activation_range(bits, self.symmetric)
         self.zero_point = self.qmax + 1  # uint8 values q + zp lie in [1, 2 * qmax + 1]
@@ -355,16 +203,16 @@ class _Int8Linear:
         packed = self.packed.get(kind)
         if packed is None:
             if kind == "onednn":
-                packed = _onednn_prepack(self._plain_int8())
+                packed = cpu_gemms.onednn_prepack(self._plain_int8())
             else:
-                packed = _fbgemm_pack(self._plain_int8(), self.scales)
+                packed = cpu_gemms.fbgemm_pack(self._plain_int8(), self.scales)
             self.packed[kind] = packed
         return packed
 
     def release_plain_weight(self) -> bool:
         """fbgemm's packed weight gives the exact int8 values back (oneDNN's does not): once it
         exists, the plain copy is not needed (quantcore.plugin.PackedWeightKernel)."""
-        if "fbgemm" not in self.packed or not fbgemm_unpack_available():
+        if "fbgemm" not in self.packed or not cpu_gemms.fbgemm_unpack_available():
             return False
         self.wq = None
         return True
@@ -377,7 +225,7 @@ class _Int8Linear:
     def _onednn(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
         xu8 = _to_uint8(q.add_(zero_point) if zero_point else q, self.uint8_max)
         if not torch.compiler.is_compiling():
-            return _onednn_gemm(
+            return cpu_gemms.onednn_gemm(
                 xu8, zero_point, self._packed("onednn"), self.scales, self.weight_zeros
             )
         # Traced: the GEMM is one op of the graph, so the quantization around it fuses across
@@ -390,7 +238,7 @@ class _Int8Linear:
         return out
 
     def _fbgemm(self, q: torch.Tensor, zero_point: int) -> torch.Tensor:
-        return _fbgemm_gemm(q, zero_point, self._packed("fbgemm"))
+        return cpu_gemms.fbgemm_gemm(q, zero_point, self._packed("fbgemm"))
 
     def _single_token_fits(self, x: torch.Tensor) -> bool:
         """A finite token whose range fbgemm quantizes as the reference would (non-finite and
@@ -409,7 +257,7 @@ class _Int8Linear:
         x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
         if not self._single_token_fits(x32):
             return None
-        y = _fbgemm_linear(x32, self._packed("fbgemm"), self.bits == 7)
+        y = cpu_gemms.fbgemm_linear(x32, self._packed("fbgemm"), self.bits == 7)
         y = y if self.bias is None else y.add_(self.bias)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
@@ -420,7 +268,7 @@ class _Int8Linear:
         """Where the rounded activations go: fbgemm's input with its spare rows, or a new
         tensor (None) for oneDNN."""
         if self._fbgemm_serves(tokens):
-            return torch.empty(tokens + _SPARE_ROWS, self.in_features)
+            return torch.empty(tokens + cpu_gemms.SPARE_ROWS, self.in_features)
         return None
 
     def _gemm(

@@ -26,13 +26,8 @@ from quantcore_native import (
 )
 
 from quantcore.plugin import KernelRequest
-from quantcore_int8.kernels_cpu import (
-    activation_bits,
-    channel_scales,
-    onednn_available,
-    onednn_int8_exact,
-    supports_per_token,
-)
+from quantcore_int8 import cpu_gemms
+from quantcore_int8.kernels_cpu import channel_scales, supports_per_token
 from quantcore_int8.kernels_embedding import (
     prepare_reference_embedding,
     prepare_reference_embedding_bag,
@@ -77,10 +72,10 @@ class NativeInt8Linear(LinearKernel):
         assert scales is not None
         self.scales = scales
         self.activation = request.activation
-        self.bits = activation_bits(request.activation, request.device)
+        self.bits = cpu_gemms.activation_bits(request.activation, request.device)
         # oneDNN runs the many-token calls where it computes these activations exactly too
-        exact = self.bits < 8 or onednn_int8_exact()
-        self.onednn_min_tokens = ONEDNN_MIN_TOKENS if onednn_available() and exact else 0
+        exact = self.bits < 8 or cpu_gemms.onednn_int8_exact()
+        self.onednn_min_tokens = ONEDNN_MIN_TOKENS if cpu_gemms.onednn_available() and exact else 0
 
     def make_packed(self, plain: torch.Tensor) -> _C.NativeLinear:
         packed: _C.Int8Linear = self.native.Int8Linear(

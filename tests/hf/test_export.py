@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hf_helpers import BUILDERS, run
-from quantcore_int8.kernels_cpu import activation_bits
+from quantcore_int8.cpu_gemms import activation_bits
 
 import quantcore
 from quantcore.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from quantcore_int8.kernels_cpu import activation_bits
+from quantcore_int8.cpu_gemms import activation_bits
 from torch import nn
 
 import quantcore
