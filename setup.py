@@ -31,7 +31,10 @@ def native_build() -> dict[str, Any]:
     extension = CppExtension(
         "quantcore_native._C",
         SOURCES,
-        extra_compile_args=["-O3", "-g0"],
+        # -fopenmp: at::parallel_for is inline OpenMP code in torch's headers, serial without it;
+        # the extension then shares the libgomp.so.1 that torch has already loaded
+        extra_compile_args=["-O3", "-g0", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
         optional=True,  # a failed compile leaves the pure-torch kernels, not a failed install
     )
     return {

@@ -127,24 +127,6 @@ def test_the_native_linear_computes_the_formulas(
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("onednn_from", [1, 0])
-def test_fbgemm_and_onednn_gemms_compute_the_same(
-    symmetric: bool, onednn_from: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Many-token calls run oneDNN's GEMM (one zero point per call, each token corrected to its
-    own), few-token calls fbgemm's: forced either way, both give the formulas' result."""
-    monkeypatch.setattr(kernels_native, "ONEDNN_MIN_TOKENS", onednn_from)
-    kernel, weight, scale, bias = _layer(300, 1000, symmetric)
-    if onednn_from and not kernel.onednn_min_tokens:
-        pytest.skip("oneDNN does not serve these activations on this machine")
-    for tokens in (1, 3, 40):
-        x = _inputs(tokens, 1000, seed=tokens)
-        assert _close(kernel(x), _oracle(x, weight, scale, bias, kernel.bits, symmetric))
-    assert kernel.packed is not None
-    assert kernel.packed.has_onednn_copy == bool(onednn_from)
-
-
-@pytest.mark.parametrize("symmetric", [True, False])
 def test_rounding_ties_go_to_the_even_integer(symmetric: bool) -> None:
     """Values exactly halfway between two steps round as torch.round does (half to even); one
     integer off anywhere moves the output by far more than the tolerance. At the width this

@@ -6,8 +6,6 @@
 #include <fbgemm/Fbgemm.h>
 
 #include <memory>
-#include <mutex>
-#include <vector>
 
 #include "native_linear.h"
 
@@ -16,19 +14,13 @@ namespace quantcore_native {
 class Int8Linear final : public NativeLinear {
  public:
   // weight: int8 [out, in]; scales: float32 [out]; bits: activation width (2-8); symmetric:
-  // per-token symmetric or asymmetric activations; calls of at least onednn_min_tokens tokens
-  // (0: none) run oneDNN's GEMM (torch's onednn::qlinear_pointwise), the faster one for many
-  // tokens, on a second packed copy made on the first such call.
-  Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64_t bits, bool symmetric,
-             int64_t onednn_min_tokens);
+  // per-token symmetric or asymmetric activations.
+  Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64_t bits, bool symmetric);
 
   void run(const float* x, int64_t tokens, const float* bias, float* y) const override;
 
   // The exact int8 weight back from the packed copy.
   at::Tensor unpack() const;
-
-  // Whether oneDNN's packed copy exists (it doubles the layer's weight memory).
-  bool has_onednn_copy() const { return onednn_weight_.defined(); }
 
  private:
   bool symmetric_;
@@ -40,14 +32,6 @@ class Int8Linear final : public NativeLinear {
 
   struct Rows;
   Rows quantize(const float* x, int64_t tokens) const;
-  void run_fbgemm(const Rows& rows, int64_t tokens, const float* bias, float* y) const;
-  void run_onednn(const Rows& rows, int64_t tokens, const float* bias, float* y) const;
-
-  int64_t onednn_min_tokens_;
-  mutable std::once_flag onednn_once_;
-  mutable at::Tensor onednn_weight_;  // oneDNN's packed copy, made on the first large call
-  at::Tensor weight_sums_;            // float32 [out]: scales[n] * colsum[n]
-  at::Tensor weight_zeros_;           // int64 [out] zeros: oneDNN's weight zero points
 };
 
 // Whether this CPU runs fbgemm's GEMMs at all.

@@ -39,11 +39,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("in_features", &NativeLinear::in_features)
       .def_property_readonly("out_features", &NativeLinear::out_features);
   py::class_<Int8Linear, NativeLinear, std::shared_ptr<Int8Linear>>(m, "Int8Linear")
-      .def(py::init<const at::Tensor&, const at::Tensor&, int64_t, bool, int64_t>(),
-           py::arg("weight"), py::arg("scales"), py::arg("bits"), py::arg("symmetric"),
-           py::arg("onednn_min_tokens"))
-      .def("unpack", &Int8Linear::unpack, "the exact int8 weight, from the packed copy")
-      .def_property_readonly("has_onednn_copy", &Int8Linear::has_onednn_copy);
+      .def(py::init<const at::Tensor&, const at::Tensor&, int64_t, bool>(), py::arg("weight"),
+           py::arg("scales"), py::arg("bits"), py::arg("symmetric"))
+      .def("unpack", &Int8Linear::unpack, "the exact int8 weight, from the packed copy");
   py::class_<Fp16Linear, NativeLinear, std::shared_ptr<Fp16Linear>>(m, "Fp16Linear")
       .def(py::init<const at::Tensor&>(), py::arg("weight"))
       .def("unpack", &Fp16Linear::unpack, "the exact float16 weight, from the packed copy");

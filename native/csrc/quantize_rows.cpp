@@ -198,44 +198,6 @@ __attribute__((target("avx2,fma"))) void dequantize_avx2(
   dequantize_scalar(acc, n, j, zero, scale, colsum, wscale, bias, y);
 }
 
-void dequantize_scaled_scalar(const float* scaled, int64_t n, int64_t start, float shift,
-                              float scale, const float* sums, const float* bias, float* y) {
-  for (int64_t j = start; j < n; ++j) {
-    const float value = (scaled[j] - shift * sums[j]) * scale;
-    y[j] = bias ? value + bias[j] : value;
-  }
-}
-
-__attribute__((target("avx512f,avx512bw"))) void dequantize_scaled_avx512(
-    const float* scaled, int64_t n, float shift, float scale, const float* sums,
-    const float* bias, float* y) {
-  const __m512 z = _mm512_set1_ps(shift), s = _mm512_set1_ps(scale);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 corrected =
-        _mm512_sub_ps(_mm512_loadu_ps(scaled + j), _mm512_mul_ps(z, _mm512_loadu_ps(sums + j)));
-    __m512 value = _mm512_mul_ps(corrected, s);
-    if (bias) value = _mm512_add_ps(value, _mm512_loadu_ps(bias + j));
-    _mm512_storeu_ps(y + j, value);
-  }
-  dequantize_scaled_scalar(scaled, n, j, shift, scale, sums, bias, y);
-}
-
-__attribute__((target("avx2,fma"))) void dequantize_scaled_avx2(
-    const float* scaled, int64_t n, float shift, float scale, const float* sums,
-    const float* bias, float* y) {
-  const __m256 z = _mm256_set1_ps(shift), s = _mm256_set1_ps(scale);
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 corrected =
-        _mm256_sub_ps(_mm256_loadu_ps(scaled + j), _mm256_mul_ps(z, _mm256_loadu_ps(sums + j)));
-    __m256 value = _mm256_mul_ps(corrected, s);
-    if (bias) value = _mm256_add_ps(value, _mm256_loadu_ps(bias + j));
-    _mm256_storeu_ps(y + j, value);
-  }
-  dequantize_scaled_scalar(scaled, n, j, shift, scale, sums, bias, y);
-}
-
 }  // namespace
 
 RowParams quantize_row_symmetric(const float* x, int64_t k, int32_t qmax, uint8_t* u) {
@@ -281,23 +243,6 @@ void dequantize_row(const int32_t* acc, int64_t n, const RowParams& row, const i
       return dequantize_avx2(acc, n, row.zero, row.scale, colsum, wscale, bias, y);
     default:
       return dequantize_scalar(acc, n, 0, row.zero, row.scale, colsum, wscale, bias, y);
-  }
-}
-
-void dequantize_scaled_row(const float* scaled, int64_t n, const RowParams& row, int32_t shift,
-                           const float* weight_sums, const float* bias, float* y) {
-  if (!std::isfinite(row.scale)) {
-    std::fill(y, y + n, kNaN);
-    return;
-  }
-  const float z = static_cast<float>(shift);
-  switch (isa()) {
-    case Isa::kAvx512:
-      return dequantize_scaled_avx512(scaled, n, z, row.scale, weight_sums, bias, y);
-    case Isa::kAvx2:
-      return dequantize_scaled_avx2(scaled, n, z, row.scale, weight_sums, bias, y);
-    default:
-      return dequantize_scaled_scalar(scaled, n, 0, z, row.scale, weight_sums, bias, y);
   }
 }
 

@@ -36,16 +36,4 @@ void dequantize_row(
     const float* bias,
     float* y);
 
-// The same for a GEMM that already applied the weight scales and a per-call zero point:
-// y[n] = (scaled[n] - shift * weight_sums[n]) * scale + bias[n], with shift = the row's zero
-// minus the call's and weight_sums[n] = wscale[n] * sum_k w[n, k].
-void dequantize_scaled_row(
-    const float* scaled,
-    int64_t n,
-    const RowParams& row,
-    int32_t shift,
-    const float* weight_sums,
-    const float* bias,
-    float* y);
-
 }  // namespace quantcore_native

@@ -37,11 +37,6 @@ from quantcore_int8.quantization import dequantize_weight, fake_quantize_activat
 if TYPE_CHECKING:
     from quantcore_native import _C
 
-# Calls of at least this many tokens run oneDNN's GEMM (its second packed copy made on the first
-# such call); fewer run fbgemm's. Measured on all-MiniLM-L6-v2's and a 1B decoder's layers, see
-# docs/benchmarks.md.
-ONEDNN_MIN_TOKENS = 256
-
 
 @functools.cache
 def native_int8_exact() -> bool:
@@ -52,7 +47,7 @@ def native_int8_exact() -> bool:
     native = quantcore_native.extension()
     k = 64
     weight = torch.full((4, k), 127, dtype=torch.int8)
-    packed = native.Int8Linear(weight, torch.ones(4), 8, False, 0)
+    packed = native.Int8Linear(weight, torch.ones(4), 8, False)
     # every input 1.0: scale 1/255, each token quantizes to 255 (the largest u8)
     y = native.linear(torch.ones(2, k), packed, None)
     return abs(float(y[0, 0]) - 127 * k) < 1e-3 * 127 * k
@@ -73,13 +68,10 @@ class NativeInt8Linear(LinearKernel):
         self.scales = scales
         self.activation = request.activation
         self.bits = cpu_gemms.activation_bits(request.activation, request.device)
-        # oneDNN runs the many-token calls where it computes these activations exactly too
-        exact = self.bits < 8 or cpu_gemms.onednn_int8_exact()
-        self.onednn_min_tokens = ONEDNN_MIN_TOKENS if cpu_gemms.onednn_available() and exact else 0
 
     def make_packed(self, plain: torch.Tensor) -> _C.NativeLinear:
         packed: _C.Int8Linear = self.native.Int8Linear(
-            plain, self.scales, self.bits, self.activation.symmetric, self.onednn_min_tokens
+            plain, self.scales, self.bits, self.activation.symmetric
         )
         return packed
 
