@@ -326,7 +326,19 @@ def test_the_native_fp16_linear_computes_the_float16_weights_product(
     got = kernel(x)
     assert got.shape == (tokens, out_features) and got.dtype == torch.float32
     assert _close(got, expected, rtol=1e-5)
-    assert kernel.serves_many_tokens == (tokens > 1024)
+    widens = kernel.widen_above is not None and tokens > 1024  # CPUs without AVX512 only
+    assert kernel.serves_many_tokens == widens
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_many_fp16_tokens_widen_the_weight_only_without_avx512(
+    capability: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    kernel, weight, bias = _fp16_kernel(48, 96)
+    x = _inputs(1100, 96)
+    assert _close(kernel(x), x.double() @ weight.double().T + bias.double(), rtol=1e-5)
+    assert kernel.serves_many_tokens == (capability == "AVX2")
 
 
 def test_the_native_fp16_weight_comes_back_exactly_and_other_dtypes_run_in_theirs() -> None:

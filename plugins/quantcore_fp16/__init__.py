@@ -144,8 +144,8 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         priority=40,
         description=(
             f"CPU: one native call per layer call (quantcore_native): fbgemm fp16-weight GEMM "
-            f"for float32 calls of up to {kernels_cpu.FBGEMM_FP16_MAX_TOKENS} tokens, widened "
-            f"weight + float GEMM otherwise"
+            f"for float32 calls (without AVX512: widened weight + float GEMM above "
+            f"{kernels_cpu.FBGEMM_FP16_MAX_TOKENS} tokens)"
         ),
     )
     yield plugin.KernelBackend(
