@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench bench-quick bench-memory lint check clean
+.PHONY: demo test test-slow bench bench-quick bench-memory bench-layers bench-zoo lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench-quick: $(VENV)/.installed-dev  ## the same in a few minutes: fewer rounds,
 
 bench-memory: $(VENV)/.installed-dev  ## resident memory of a ~1B decoder at inference, vs fp32 and torch.ao
 	$(BIN)/python -m benchmarks.memory
+
+bench-layers: $(VENV)/.installed-dev  ## per-layer speed vs fp32 and torch.ao (linear 256-4096 wide, recurrent), 1 thread
+	$(BIN)/python -m benchmarks.layers
+
+bench-zoo: $(VENV)/.installed-dev  ## every zoo model vs fp32 and torch.ao, 1 and 2 threads (about 15 minutes)
+	$(BIN)/python -m benchmarks.zoo
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(BIN)/ruff check .
