@@ -4,8 +4,8 @@
     python -m benchmarks.memory --decoder-size 100m
 
 The peak-memory column of ``benchmarks.run`` covers quantizing; this covers inference: fast
-kernels pack weights on a layer's first call (fbgemm for few tokens, oneDNN for many), and those
-packs stay. Each variant runs in its own subprocess, so one variant's memory never counts
+kernels pack weights on a layer's first call, and those packs stay (the layer then drops its
+plain copy where the pack can give it back). Each variant runs in its own subprocess, so one variant's memory never counts
 against another's: the process builds the float model, quantizes it, frees the float model, then
 records its resident set (Linux ``VmRSS``, after ``malloc_trim``) once the libraries are loaded
 (the baseline every variant shares), after quantizing, after one decode step and after a

@@ -328,6 +328,7 @@ def _compiled_row(
     ok_out = run_quiet(lambda: compiled(**enc).last_hidden_state)
     compile_s = time.perf_counter() - t0
     eager_out = run_quiet(lambda: eager.module(**enc).last_hidden_state)
+    float_out = run_quiet(lambda: model(**enc).last_hidden_state)
     times = time_round_robin(
         {
             "eager": lambda: run_quiet(lambda: eager.module(**enc)),
@@ -337,8 +338,11 @@ def _compiled_row(
         args.budget,
     )
     return _compiled_summary(f"quantcore {dtype}, torch.compile", "1x128", compile_s, times) | {
-        "max_abs_diff_vs_eager": float((ok_out - eager_out).abs().max()),
-        "rel_err_vs_eager": relative_error(ok_out, eager_out),
+        # Inductor's float kernels (GELU, LayerNorm) round a few ulp differently; an activation
+        # near a rounding step then gets the neighbouring int8 code, so compiled and eager drift
+        # apart by a fraction of the quantization error. Both are therefore measured against fp32.
+        "rel_err_vs_fp32": relative_error(ok_out, float_out),
+        "eager_rel_err_vs_fp32": relative_error(eager_out, float_out),
     }
 
 
@@ -517,9 +521,9 @@ def print_table(title: str, rows: list[dict[str, Any]], timings: tuple[str, ...]
                 f"{row['compiled_at']} = {row['compiled_vs_eager_min']:.2f} min "
                 f"({row['compiled_vs_eager_median']:.2f} median)"
                 + (
-                    f"; vs eager: relative error {row['rel_err_vs_eager']:.2e}, max abs diff "
-                    f"{row['max_abs_diff_vs_eager']:.2e}"
-                    if "rel_err_vs_eager" in row
+                    f"; relative error vs fp32: compiled {row['rel_err_vs_fp32']:.2e}, eager "
+                    f"{row['eager_rel_err_vs_fp32']:.2e}"
+                    if "rel_err_vs_fp32" in row
                     else ""
                 )
             )

@@ -547,6 +547,33 @@ def test_native_embedding_bags_compute_the_reference(
             assert torch.allclose(got.float(), want.float(), rtol=1e-6, atol=1e-6), args
 
 
+@pytest.mark.parametrize("fmt", ["int8", "fp16"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_native_bags_with_a_last_offset_serve_every_call_torch_computes_plainly(
+    fmt: str, mode: str
+) -> None:
+    """include_last_offset runs natively when the offsets end at the input's end; when they
+    end short of it, torch's mean and max compute the last bag oddly, and those calls give
+    torch's result through the reference."""
+    request = _table_request(fmt, "embedding_bag", mode=mode, include_last_offset=True)
+    module = kernels_native if fmt == "int8" else fp16_native
+    kernel = module.prepare_native_embedding_bag(request)
+    reference = _reference_kernel(request)
+    indices = torch.tensor([1, 2, 4, 5, 4, 3, 2, 9, 2, 2, 7])
+    ending, short = torch.tensor([0, 3, 3, 8, 11]), torch.tensor([0, 3, 8, 9])
+    reference_calls: list[torch.Tensor] = []
+
+    def counted(*args: torch.Tensor | None) -> torch.Tensor:
+        reference_calls.append(args[1])  # type: ignore[arg-type]
+        return reference(*args)  # type: ignore[operator, no-any-return]
+
+    kernel.reference = counted  # type: ignore[union-attr]
+    for offsets in (ending, short):
+        got, want = kernel(indices, offsets), reference(indices, offsets, None)  # type: ignore[operator]
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6), offsets
+    assert [o.tolist() for o in reference_calls] == ([] if mode == "sum" else [short.tolist()])
+
+
 def test_native_lookups_trace_as_the_reference_under_torch_compile() -> None:
     torch._dynamo.reset()
     torch.manual_seed(8)

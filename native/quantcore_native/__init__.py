@@ -341,6 +341,14 @@ class EmbeddingKernel(_TableKernel):
         return out if self.dtype == torch.float32 else out.to(self.dtype)
 
 
+def _ends_at_input_end(input: torch.Tensor, offsets: torch.Tensor | None) -> bool:
+    if torch.compiler.is_compiling():  # reading the offset would break the graph
+        return False
+    if offsets is None or input.dim() != 1 or offsets.dim() != 1 or offsets.numel() == 0:
+        return offsets is None
+    return int(offsets[-1]) == input.numel()
+
+
 class EmbeddingBagKernel(_TableKernel):
     """``nn.EmbeddingBag`` (every mode, offsets, per_sample_weights, padding_idx) in one native
     call."""
@@ -350,9 +358,11 @@ class EmbeddingBagKernel(_TableKernel):
         options = request.options
         self.mode = _BAG_MODES[options.get("mode", "mean")]
         self.include_last_offset: bool = options.get("include_last_offset", False)
-        # torch's mean and max read past the last offset to the end of the input when
-        # include_last_offset is set (its sum does not): the reference reproduces that exactly
-        self.native_serves &= not (self.include_last_offset and self.mode != 0)
+        # With include_last_offset, torch's mean and max treat the last bag oddly when the last
+        # offset falls short of the input's end (max reads on to the end; mean sums to the
+        # offset but divides by the count to the end). Only those calls go to the reference,
+        # which reproduces it; offsets that end at the input's end, the documented use, run here.
+        self.check_last_offset = self.include_last_offset and self.mode != 0
         padding_idx = options.get("padding_idx")
         self.padding_idx = -1 if padding_idx is None else padding_idx % self.table.shape[0]
 
@@ -362,7 +372,9 @@ class EmbeddingBagKernel(_TableKernel):
         offsets: torch.Tensor | None = None,
         per_sample_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if not self.native_serves:
+        if not self.native_serves or (
+            self.check_last_offset and not _ends_at_input_end(input, offsets)
+        ):
             return self.reference(input, offsets, per_sample_weights)
         bag = _embedding_bag_op if torch.compiler.is_compiling() else self.native.embedding_bag
         out: torch.Tensor = bag(
