@@ -86,6 +86,12 @@ def quantcore_schemes() -> Iterator[plugin.Scheme]:
 
 @plugin.hookimpl
 def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
+    yield from _reference_backends()
+    yield from _fast_backends()
+
+
+def _reference_backends() -> Iterator[plugin.KernelBackend]:
+    """The oracles: one per op, always available."""
     yield plugin.KernelBackend(
         name="fp16-linear-reference",
         op="linear",
@@ -107,6 +113,10 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
             reference=True,
             description=what,
         )
+
+
+def _fast_backends() -> Iterator[plugin.KernelBackend]:
+    """CUDA, then CPU kernels, most preferred first."""
     yield plugin.KernelBackend(
         name="fp16-linear-cuda",
         op="linear",

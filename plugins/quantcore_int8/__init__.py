@@ -101,6 +101,13 @@ def quantcore_schemes() -> Iterator[plugin.Scheme]:
 
 @plugin.hookimpl
 def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
+    yield from _reference_backends()
+    yield from _cuda_backends()
+    yield from _cpu_backends()
+
+
+def _reference_backends() -> Iterator[plugin.KernelBackend]:
+    """The oracles: one per op, always available."""
     yield plugin.KernelBackend(
         name="int8-linear-reference",
         op="linear",
@@ -136,6 +143,9 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         reference=True,
         description="dequantize weights, fake-quantize inputs, float convolution",
     )
+
+
+def _cuda_backends() -> Iterator[plugin.KernelBackend]:
     yield plugin.KernelBackend(
         name="int8-linear-cuda-triton",
         op="linear",
@@ -159,7 +169,10 @@ def quantcore_kernel_backends() -> Iterator[plugin.KernelBackend]:
         priority=150,
         description="CUDA without triton: torch ops around torch._int_mm (slower than fp16)",
     )
-    # Fast CPU kernels, most preferred first; each computes exactly what the reference does.
+
+
+def _cpu_backends() -> Iterator[plugin.KernelBackend]:
+    """Fast CPU kernels, most preferred first; each computes exactly what the reference does."""
     for op, prepare in (
         ("embedding", kernels_native.prepare_native_embedding),
         ("embedding_bag", kernels_native.prepare_native_embedding_bag),

@@ -36,8 +36,9 @@ def relative_error(got: Any, expected: Any) -> float:
     errors = []
     for g, e in pairs:
         assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
-        denominator = float(e.float().norm())
-        errors.append(float((g.float() - e.float()).norm()) / max(denominator, 1e-12))
+        g, e = g.detach().float(), e.detach().float()
+        denominator = float(e.norm())
+        errors.append(float((g - e).norm()) / max(denominator, 1e-12))
     return max(errors)
 
 
