@@ -100,9 +100,7 @@ def _vary(value: Any, g: torch.Generator) -> Any:
 def zoo_error(entry: Any, output: torch.Tensor, reference: torch.Tensor) -> float:
     """As the zoo test measures it (real tokens only where torch's float fast path zeroes the
     padded ones)."""
-    from tests.zoo.test_zoo_quantize import _compare
-
-    return _compare(entry, output, reference)
+    return float(entry.output_error(output, reference))
 
 
 def calibration_for(entry: Any, n: int = CALIBRATION_BATCHES) -> list[Any]:

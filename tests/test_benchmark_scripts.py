@@ -1,0 +1,80 @@
+"""The benchmark scripts still run (the whole-script runs are slow): they are measurements, never pass/fail tests, but a
+script that crashes on an import or a renamed helper costs the next person a long run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, tmp_path: Path) -> dict[str, object]:
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-m", *args, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(out.read_text())
+    return result
+
+
+@pytest.mark.slow
+def test_the_zoo_benchmark_runs(tmp_path: Path) -> None:
+    result = _run(
+        "benchmarks.zoo",
+        "--only",
+        "bare_linear,lstm_seq_first",
+        "--threads",
+        "1",
+        "--rounds",
+        "3",
+        tmp_path=tmp_path,
+    )
+    rows = result["rows"]
+    assert isinstance(rows, list) and {r["model"] for r in rows} == {
+        "bare_linear",
+        "lstm_seq_first",
+    }
+    assert all(r["int8 / fp32"] > 0 and r["int8 / torch.ao"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_the_layer_benchmark_runs(tmp_path: Path) -> None:
+    result = _run("benchmarks.layers", "--only", "recurrent", "--rounds", "1", tmp_path=tmp_path)
+    rows = result["rows"]
+    assert isinstance(rows, list) and len(rows) >= 6
+    assert all(row["int8 error"] < 0.05 for row in rows)
+
+
+_ZOO_ERROR = """
+import torch
+from benchmarks.accuracy import zoo_error
+from tests.zoo import get_entry
+
+entry = get_entry("transformer_encoder_post_norm")
+reference = torch.ones(2, 3, 4)
+reference[:, 2] = 0.0  # padded positions, where torch's fast path returns zeros
+output = reference.clone()
+output[:, 2] = 5.0
+assert zoo_error(entry, output, reference) == 0.0
+output[0, 0, 0] = 2.0
+print(zoo_error(entry, output, reference))
+"""
+
+
+def test_the_accuracy_benchmark_measures_zoo_errors_as_the_zoo_test_does() -> None:
+    """In a plain interpreter, as the script runs: nothing of pytest's import path helps it."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ZOO_ERROR], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) == pytest.approx(1 / 16**0.5)
