@@ -143,7 +143,33 @@ class QuantizedMultiheadAttention(QuantizedContainer):
             attn_mask = kpm if attn_mask is None else attn_mask + kpm
         dropout = self.dropout if self.training else 0.0
 
-        weights: torch.Tensor | None = None
+        out, weights = self._attend(
+            q, k, v, attn_mask, dropout, need_weights and average_attn_weights, need_weights
+        )
+        if weights is not None and not batched:
+            weights = weights.squeeze(0)
+        out = self.out_proj(out).reshape(tgt_len, bsz, -1)
+        if not batched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        dropout: float,
+        average_weights: bool,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scaled dot-product attention over ``[bsz * heads, len, head_dim]`` projections: the
+        explicit softmax when the weights are wanted, torch's fused kernel otherwise. Returns
+        ``[tgt_len * bsz, embed_dim]`` and the weights (per head or averaged)."""
+        heads, head_dim = self.num_heads, self.head_dim
+        bsz, tgt_len, src_len = q.shape[0] // heads, q.shape[1], k.shape[1]
         if need_weights:
             scores = torch.bmm(q * (1.0 / math.sqrt(head_dim)), k.transpose(1, 2))
             if attn_mask is not None:
@@ -153,30 +179,20 @@ class QuantizedMultiheadAttention(QuantizedContainer):
                 probs = F.dropout(probs, p=dropout)
             out = torch.bmm(probs, v).transpose(0, 1).reshape(tgt_len * bsz, self.embed_dim)
             weights = probs.reshape(bsz, heads, tgt_len, src_len)
-            if average_attn_weights:
-                weights = weights.mean(dim=1)
-            if not batched:
-                weights = weights.squeeze(0)
-        else:
-            if attn_mask is not None:
-                if attn_mask.shape[0] == 1:
-                    attn_mask = attn_mask.unsqueeze(0)
-                else:
-                    attn_mask = attn_mask.reshape(bsz, heads, -1, src_len)
-            out = F.scaled_dot_product_attention(
-                q.reshape(bsz, heads, tgt_len, head_dim),
-                k.reshape(bsz, heads, src_len, head_dim),
-                v.reshape(bsz, heads, src_len, head_dim),
-                attn_mask=attn_mask,
-                dropout_p=dropout,
-            )
-            out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, self.embed_dim)
-        out = self.out_proj(out).reshape(tgt_len, bsz, -1)
-        if not batched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return out, weights
+            return out, (weights.mean(dim=1) if average_weights else weights)
+        if attn_mask is not None:
+            if attn_mask.shape[0] == 1:
+                attn_mask = attn_mask.unsqueeze(0)
+            else:
+                attn_mask = attn_mask.reshape(bsz, heads, -1, src_len)
+        out = F.scaled_dot_product_attention(
+            q.reshape(bsz, heads, tgt_len, head_dim),
+            k.reshape(bsz, heads, src_len, head_dim),
+            v.reshape(bsz, heads, src_len, head_dim),
+            attn_mask=attn_mask,
+            dropout_p=dropout,
+        )
+        return out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, self.embed_dim), None
 
     def extra_repr(self) -> str:
         return (
