@@ -271,7 +271,8 @@ def _single_token_shortcut(name: str, tokens: int, symmetric: bool) -> bool:
 
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name", INT8_LINEAR)
-@pytest.mark.parametrize("tokens", [1, 5, 40, 150])
+# 1000 tokens: 2000 rows, more than fbgemm's row block (384 with VNNI) on each of several threads
+@pytest.mark.parametrize("tokens", [1, 5, 40, 150, 1000])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize(("per_tensor", "bias"), [(False, True), (True, False)])
 def test_int8_linear_kernels_compute_the_float64_oracle(
