@@ -110,3 +110,18 @@ def test_a_loaded_model_saves_again(tmp_path: Path) -> None:
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b")
     assert torch.equal(run(again), expected)
     assert quantcore.manifest_of(again) is not None  # quantcore.save works on it too
+
+
+@pytest.mark.parametrize(
+    ("name", "scheme"), [("llama", "int8"), ("gpt2", "int8"), ("llama", "fp16")]
+)
+@pytest.mark.parametrize("device_map", ["cpu", "auto"])
+def test_from_pretrained_with_a_device_map(
+    tmp_path: Path, name: str, scheme: str, device_map: str
+) -> None:
+    """device_map goes through accelerate's placement of the quantized modules (CPU here)."""
+    pytest.importorskip("accelerate")
+    expected = _save_quantized(name, scheme, tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, device_map=device_map)
+    assert torch.equal(run(loaded), expected)
+    assert any(type(m).__name__ == "QuantizedLinear" for m in loaded.modules())
