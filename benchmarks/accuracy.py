@@ -100,7 +100,8 @@ def _vary(value: Any, g: torch.Generator) -> Any:
 def zoo_error(entry: Any, output: torch.Tensor, reference: torch.Tensor) -> float:
     """As the zoo test measures it (real tokens only where torch's float fast path zeroes the
     padded ones)."""
-    return float(entry.output_error(output, reference))
+    error: float = entry.output_error(output, reference)
+    return error
 
 
 def calibration_for(entry: Any, n: int = CALIBRATION_BATCHES) -> list[Any]:

@@ -79,6 +79,21 @@ def simulate_saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels_native, "native_int8_exact", lambda: False)
 
 
+ACTIVATION_WIDTHS = ("cpu", "7bit")  # the CPU's own activation width, and a simulated 7-bit CPU
+
+
+def use_activation_width(width: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run as ``width`` says ("cpu": this CPU; "7bit": simulated without AVX512-VNNI) and return
+    the activation bits layers that leave the width open must use: 7 where the CPU's int8 GEMMs
+    saturate at 8 bits (the self-test's hardware answer, or the simulation), else 8."""
+    if width == "7bit":
+        simulate_saturating_cpu(monkeypatch)
+        return 7
+    from quantcore_int8 import cpu_gemms
+
+    return 8 if cpu_gemms.cpu_int8_exact() else 7
+
+
 @pytest.fixture
 def saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test runs as on a CPU without AVX512-VNNI (see simulate_saturating_cpu)."""

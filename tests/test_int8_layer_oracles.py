@@ -13,21 +13,12 @@ from __future__ import annotations
 import oracles
 import pytest
 import torch
-from quantcore_int8 import cpu_gemms as int8_gemms
 from torch import nn
 
 import quantcore
-from tests.conftest import simulate_saturating_cpu
+from tests.conftest import ACTIVATION_WIDTHS, use_activation_width
 
-WIDTHS = ("cpu", "7bit")
 NONLINEAR_ATOL = 2e-6  # float32 sigmoid/tanh of the native code, a few ulp at |value| <= 1
-
-
-def _bits(width: str, monkeypatch: pytest.MonkeyPatch) -> int:
-    if width == "7bit":
-        simulate_saturating_cpu(monkeypatch)
-        return 7
-    return 8 if int8_gemms.cpu_int8_exact() else 7
 
 
 def _quantize(
@@ -105,7 +96,7 @@ CELLS = {
 }
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 @pytest.mark.parametrize("mode", sorted(CELLS))
 def test_recurrent_cells_compute_the_oracle_step(
     plugin_manager: quantcore.QuantcorePluginManager,
@@ -113,7 +104,7 @@ def test_recurrent_cells_compute_the_oracle_step(
     width: str,
     mode: str,
 ) -> None:
-    bits = _bits(width, monkeypatch)
+    bits = use_activation_width(width, monkeypatch)
     torch.manual_seed(11)
     cell, state = _quantize(CELLS[mode]().eval(), plugin_manager)
     _served_natively(cell)
@@ -132,7 +123,7 @@ def test_recurrent_cells_compute_the_oracle_step(
         h, c = h_new, c_new
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 @pytest.mark.parametrize(
     ("mode", "make"),
     [
@@ -150,7 +141,7 @@ def test_recurrent_sequences_compute_the_oracle_at_every_step(
 ) -> None:
     """GRU and RNN outputs are their whole state, so every step of a native sequence is
     checked from the state the kernel reached one step before."""
-    bits = _bits(width, monkeypatch)
+    bits = use_activation_width(width, monkeypatch)
     torch.manual_seed(12)
     layer, state = _quantize(make().eval(), plugin_manager)  # type: ignore[operator]
     _served_natively(layer)
@@ -167,13 +158,13 @@ def test_recurrent_sequences_compute_the_oracle_at_every_step(
         previous = out[:, t]
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 def test_an_lstm_sequence_step_computes_the_oracle(
     plugin_manager: quantcore.QuantcorePluginManager, monkeypatch: pytest.MonkeyPatch, width: str
 ) -> None:
     """nn.LSTM's cell state shows only at the end: one-step sequences from given states, both
     directions of a bidirectional layer."""
-    bits = _bits(width, monkeypatch)
+    bits = use_activation_width(width, monkeypatch)
     torch.manual_seed(13)
     layer, state = _quantize(nn.LSTM(24, 16, bidirectional=True).eval(), plugin_manager)
     _served_natively(layer)

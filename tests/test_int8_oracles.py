@@ -18,7 +18,7 @@ from torch import nn
 
 import quantcore
 from quantcore.plugin import ActivationSpec, Granularity, KernelRequest, WeightSpec
-from tests.conftest import simulate_saturating_cpu
+from tests.conftest import ACTIVATION_WIDTHS, use_activation_width
 
 CPU = torch.device("cpu")
 INT8_LINEAR = (
@@ -29,18 +29,6 @@ INT8_LINEAR = (
     "int8-linear-fbgemm",
 )
 F32_RTOL = 5e-7  # a float32 scale computed with up to three roundings
-WIDTHS = ("cpu", "7bit")  # the CPU's own activation width, and a simulated 7-bit CPU
-
-
-def _expected_bits(width: str) -> int:
-    """The width layers that leave it open must use: 7 on a CPU whose int8 GEMMs saturate at 8
-    bits (the self-test's hardware answer, or the simulation), else 8."""
-    return 7 if width == "7bit" or not int8_gemms.cpu_int8_exact() else 8
-
-
-def _apply_width(width: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if width == "7bit":
-        simulate_saturating_cpu(monkeypatch)
 
 
 def assert_weight_follows_formula(
@@ -206,10 +194,10 @@ def test_per_token_activations_follow_the_formula(bits: int, symmetric: bool) ->
             assert not bool(mismatch.any()), t
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 def test_activation_width_follows_the_cpu(width: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _apply_width(width, monkeypatch)
-    assert int8_gemms.activation_bits(ActivationSpec(), CPU) == _expected_bits(width)
+    expected = use_activation_width(width, monkeypatch)
+    assert int8_gemms.activation_bits(ActivationSpec(), CPU) == expected
     for bits in (2, 7, 8):  # a width the spec fixes is kept, whatever the CPU
         assert int8_gemms.activation_bits(ActivationSpec(bits=bits), CPU) == bits
 
@@ -269,7 +257,7 @@ def _single_token_shortcut(name: str, tokens: int, symmetric: bool) -> bool:
     return "fbgemm" in name and tokens == 1 and not symmetric
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 @pytest.mark.parametrize("name", INT8_LINEAR)
 # 1000 tokens: 2000 rows, more than fbgemm's row block (384 with VNNI) on each of several threads
 @pytest.mark.parametrize("tokens", [1, 5, 40, 150, 1000])
@@ -285,13 +273,13 @@ def test_int8_linear_kernels_compute_the_float64_oracle(
     per_tensor: bool,
     bias: bool,
 ) -> None:
-    _apply_width(width, monkeypatch)
+    bits = use_activation_width(width, monkeypatch)
     registry = plugin_manager.registry()
     request = _request(registry, symmetric=symmetric, per_tensor=per_tensor, bias=bias)
     backend = serving_backend(registry, name, request)
     x = _inputs(tokens)
     got = backend.prepare(request)(x)
-    oracle = _oracle(request, x, _expected_bits(width))
+    oracle = _oracle(request, x, bits)
     if _single_token_shortcut(name, tokens, symmetric):
         error = float((got.double() - oracle.value).abs().max() / oracle.value.abs().max())
         assert error < 2e-3, error
@@ -302,7 +290,7 @@ def test_int8_linear_kernels_compute_the_float64_oracle(
         assert torch.allclose(got, reference, rtol=1e-5, atol=1e-6 * scale), "vs the reference"
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", ACTIVATION_WIDTHS)
 @pytest.mark.parametrize("tokens", [1, 7, 100])
 def test_a_quantized_linear_computes_the_oracle(
     plugin_manager: quantcore.QuantcorePluginManager,
@@ -312,7 +300,7 @@ def test_a_quantized_linear_computes_the_oracle(
 ) -> None:
     """End to end: the layer quantize() builds (default spec, chosen kernel) computes the
     oracle of its stored weights, with per-token asymmetric activations at the CPU's width."""
-    _apply_width(width, monkeypatch)
+    bits = use_activation_width(width, monkeypatch)
     torch.manual_seed(4)
     layer = nn.Linear(64, 40).eval()
     result = quantcore.quantize(layer, "int8", plugin_manager=plugin_manager)
@@ -326,7 +314,7 @@ def test_a_quantized_linear_computes_the_oracle(
         state["weight"],
         state["weight_scale"],
         state["bias"],
-        bits=_expected_bits(width),
+        bits=bits,
         symmetric=False,
     )
     if _single_token_shortcut(result.module.kernel_name, tokens, False):

@@ -342,10 +342,12 @@ class EmbeddingKernel(_TableKernel):
 
 
 def _ends_at_input_end(input: torch.Tensor, offsets: torch.Tensor | None) -> bool:
+    if offsets is None:  # a 2-D input: one bag per row
+        return True
     if torch.compiler.is_compiling():  # reading the offset would break the graph
         return False
-    if offsets is None or input.dim() != 1 or offsets.dim() != 1 or offsets.numel() == 0:
-        return offsets is None
+    if input.dim() != 1 or offsets.dim() != 1 or offsets.numel() == 0:
+        return False  # the reference raises torch's own error
     return int(offsets[-1]) == input.numel()
 
 
