@@ -41,6 +41,7 @@ def quantize(
     fallback: str | None = ...,
     smooth: bool | None = ...,
     smooth_alpha: float | None = ...,
+    fuse_activations: bool | None = ...,
 ) -> QuantizationResult: ...
 @overload
 def quantize(
@@ -63,6 +64,7 @@ def quantize(
     fallback: str | None = ...,
     smooth: bool | None = ...,
     smooth_alpha: float | None = ...,
+    fuse_activations: bool | None = ...,
 ) -> nn.Module: ...
 @overload
 def quantize(
@@ -85,6 +87,7 @@ def quantize(
     fallback: str | None = ...,
     smooth: bool | None = ...,
     smooth_alpha: float | None = ...,
+    fuse_activations: bool | None = ...,
 ) -> dict[str, torch.Tensor]: ...
 def quantize(
     obj: object,
@@ -106,12 +109,13 @@ def quantize(
     fallback: str | None = None,
     smooth: bool | None = None,
     smooth_alpha: float | None = None,
+    fuse_activations: bool | None = None,
 ) -> QuantizationResult | nn.Module | dict[str, torch.Tensor]:
     """Quantize a model (``nn.Module``) or a state dict with dynamic quantization.
 
     The settings (``dtype``, ``include``, ``exclude``, ``overrides``, ``disable_plugins``,
     ``strict``, ``log_level`` and the accuracy settings ``max_error``, ``error_metric``,
-    ``fallback``, ``smooth``, ``smooth_alpha``) are those of :class:`quantcore.QuantizeSettings`,
+    ``fallback``, ``smooth``, ``smooth_alpha``, and ``fuse_activations``) are those of :class:`quantcore.QuantizeSettings`,
     which documents them; every one left as None comes from the configuration files, else its
     default (see docs/configuration.md); a parameter always wins over a file.
 
@@ -144,6 +148,7 @@ def quantize(
         fallback=fallback,
         smooth=smooth,
         smooth_alpha=smooth_alpha,
+        fuse_activations=fuse_activations,
     )
     result = quantize_result(obj, settings.resolve(config), plugin_manager, progress, calibration)
     if output == "module":

@@ -136,6 +136,7 @@ def _settings(args: argparse.Namespace) -> QuantizeSettings:
         fallback=args.fallback,
         smooth=args.smooth,
         smooth_alpha=args.smooth_alpha,
+        fuse_activations=args.fuse_activations,
     )
 
 
@@ -330,6 +331,13 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="third-party plugin failures, patterns matching no layer, and an empty result are "
         "errors",
+    )
+    parser.add_argument(
+        "--fuse-activations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the GELU/ReLU that directly follows a quantized linear layer in its kernel "
+        "(default: on)",
     )
     parser.add_argument(
         "--log-level",

@@ -91,6 +91,7 @@ class QuantizeConfig:
     fallback: str | None = None
     smooth: bool = False
     smooth_alpha: float = 0.5
+    fuse_activations: bool = True
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType(dict.fromkeys(SETTINGS, DEFAULT_SOURCE))
     )

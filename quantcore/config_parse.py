@@ -57,6 +57,7 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "fallback": "string (scheme for layers the budget keeps back; default: float)",
         "smooth": "boolean (outlier smoothing from the calibration inputs)",
         "smooth_alpha": "number in [0, 1] (migration strength of smoothing)",
+        "fuse_activations": "boolean (GELU/ReLU after a quantized linear run in its kernel)",
     }
 )
 _ACCURACY_KEYS = ("max_error", "error_metric", "fallback", "smooth", "smooth_alpha")
@@ -357,7 +358,7 @@ def _parse_setting(key: str, value: object, source: str, shown: str, python: boo
         return _expect_selectors(value, source, shown, python)
     if key == "disable_plugins":
         return _expect_str_list(value, source, shown, allow_str=python)
-    if key == "strict":
+    if key in ("strict", "fuse_activations"):
         return _expect_bool(value, source, shown)
     if key == "log_level":
         text = _expect_str(value, source, shown, SETTINGS[key]).upper()

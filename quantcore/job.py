@@ -24,6 +24,7 @@ from quantcore.errors import (
     UnknownSchemeError,
     UnsupportedInputError,
 )
+from quantcore.fusion import fuse_activations
 from quantcore.manifest import LayerRecord, Manifest, attach_manifest, quantcore_version
 from quantcore.planning import plan_module, plan_state_dict, type_names
 from quantcore.plugin_manager import QuantcorePluginManager, create_plugin_manager
@@ -169,10 +170,11 @@ class QuantizationJob:
         }
         module = assemble_module(root, replacements, shared)
         module.eval()
+        fused = fuse_activations(module) if self.config.fuse_activations else {}
         return Quantized(
             module,
             None,  # read from the module when asked (QuantizationResult.state_dict)
-            plan.sorted_reports(),
+            [_note_fused(r, fused.get(r.name)) for r in plan.sorted_reports()],
             [c.record() for c in converted],
             module_bytes(root),
             module_bytes(module),
@@ -387,6 +389,13 @@ def _check_selectors_used(
         if config.strict:
             raise error
         logger.warning("%s (quantization continues)", error)
+
+
+def _note_fused(report: LayerReport, activation: str | None) -> LayerReport:
+    if activation is None:
+        return report
+    note = f"the following {activation} runs in this layer's kernel (fused)"
+    return dataclasses.replace(report, notes=(*report.notes, note))
 
 
 def log_report(report: QuantizationReport) -> None:

@@ -12,12 +12,15 @@ calls a new quantized layer needs.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantcore.errors import LayerSkipped
@@ -26,19 +29,38 @@ from quantcore.specs import ActivationSpec, QuantizedWeight, WeightSpec
 
 Dequantizer = Callable[[QuantizedWeight], torch.Tensor]
 
+# The activations a linear layer can hand to its kernel (QuantizedLinear.fuse_activation), with
+# the float function each one is: what a kernel's fused epilogue must compute.
+FUSABLE_ACTIVATIONS: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+}
+
 
 def select_kernel(
     backends: tuple[KernelBackend, ...], request: KernelRequest
 ) -> tuple[KernelBackend, Callable[..., torch.Tensor]]:
-    """The first available backend that supports ``request`` (the reference one comes last)."""
+    """The first available backend that supports ``request`` (the reference one comes last).
+
+    A ``fused_activation`` option reaches only a backend that lists it in ``fused_activations``.
+    """
     for backend in backends:
         if backend.is_available() and backend.supports(request):
-            return backend, backend.prepare(request)
+            return backend, backend.prepare(_request_for(backend, request))
     names = ", ".join(b.name for b in backends) or "none registered"
     raise LayerSkipped(
         f"no kernel backend for {request.op} on {request.weight.format} weights on "
         f"{request.device} (candidates: {names})"
     )
+
+
+def _request_for(backend: KernelBackend, request: KernelRequest) -> KernelRequest:
+    activation = request.options.get("fused_activation")
+    if activation is None or activation in backend.fused_activations:
+        return request
+    options = {k: v for k, v in request.options.items() if k != "fused_activation"}
+    return dataclasses.replace(request, options=options)
 
 
 def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
@@ -207,7 +229,15 @@ def register_weight(module: nn.Module, weight: QuantizedWeight, name: str = "wei
 
 class QuantizedLinear(QuantizedModule):
     """Drop-in for ``nn.Linear``: ``weight`` holds the quantized values, ``weight_scale`` (and
-    ``weight_zero_point``) their parameters; ``bias`` stays float."""
+    ``weight_zero_point``) their parameters; ``bias`` stays float.
+
+    With ``fused_activation`` set (:meth:`fuse_activation`), the layer computes
+    ``activation(linear(x))``: in the kernel's epilogue where its backend can, after the call
+    otherwise.
+    """
+
+    fused_activation: str | None = None  # class default: layers pickled before it existed
+    _activation_after: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -242,15 +272,44 @@ class QuantizedLinear(QuantizedModule):
 
     def _kernel_request(self) -> KernelRequest:
         weight = self.quantized_weight()
-        return KernelRequest("linear", weight, self.bias, self.activation, weight.data.device)
+        options = (
+            {} if self.fused_activation is None else {"fused_activation": self.fused_activation}
+        )
+        return KernelRequest(
+            "linear", weight, self.bias, self.activation, weight.data.device, options
+        )
+
+    def _prepare_kernel(self) -> None:
+        super()._prepare_kernel()
+        name = self.fused_activation
+        backend = next(b for b in self._backends if b.name == self.kernel_name)
+        if name is None or name in backend.fused_activations:
+            self._activation_after = None
+        else:
+            self._activation_after = FUSABLE_ACTIVATIONS[name]
+
+    def fuse_activation(self, name: str | None) -> None:
+        """Make this layer compute ``FUSABLE_ACTIVATIONS[name](linear(x))`` (None: plain
+        linear again); the kernel is chosen again with the activation in its request."""
+        if name is not None and name not in FUSABLE_ACTIVATIONS:
+            known = ", ".join(FUSABLE_ACTIVATIONS)
+            raise ValueError(f"cannot fuse activation {name!r}: the fusable ones are {known}")
+        self._restore_plain_weight()
+        self.fused_activation = name
+        self._prepare_kernel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call_kernel(x)
+        out = self._call_kernel(x)
+        if self._activation_after is not None:
+            out = self._activation_after(out)
+        return out
 
     def extra_repr(self) -> str:
+        fused = "" if self.fused_activation is None else f", activation={self.fused_activation}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, format={self.weight_format}, kernel={self.kernel_name}"
+            f"bias={self.bias is not None}, format={self.weight_format}{fused}, "
+            f"kernel={self.kernel_name}"
         )
 
 

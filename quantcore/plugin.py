@@ -54,11 +54,13 @@ from quantcore.errors import (
     UnsupportedInputError,
     did_you_mean,
 )
+from quantcore.fusion import fuse_activations, recognize_activation
 from quantcore.graph_handles import call_in_graph, graph_handle, kernel_of_handle
 from quantcore.hookspecs import HOOKS, hookimpl, hookspec
 from quantcore.job import adapt_input
 from quantcore.manifest import attach_manifest
 from quantcore.modules import (
+    FUSABLE_ACTIVATIONS,
     DtypeTrackingModule,
     QuantizedContainer,
     QuantizedLinear,
@@ -102,6 +104,7 @@ from quantcore.specs import (
 __all__ = [
     "AccuracyError",
     "ENTRY_POINT_GROUP",
+    "FUSABLE_ACTIVATIONS",
     "HOOKS",
     "ActivationSpec",
     "AdaptedInput",
@@ -177,4 +180,6 @@ __all__ = [
     "UnsafeCheckpointError",
     "UnsupportedInputError",
     "did_you_mean",
+    "fuse_activations",
+    "recognize_activation",
 ]

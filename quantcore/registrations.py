@@ -322,6 +322,10 @@ class KernelBackend:
     # built-in "recurrent" op: the quantized RNN's step loop over its linear kernels). That code
     # is the op's reference, so no reference=True backend is registered for it.
     layer_reference: bool = False
+    # Activations (names of quantcore.plugin.FUSABLE_ACTIVATIONS) this backend applies to the
+    # op's output itself when the request's options carry ``fused_activation``; for any other,
+    # the option is left out of the request it gets and the layer applies the activation.
+    fused_activations: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.reference and self.layer_reference:

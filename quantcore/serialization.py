@@ -40,6 +40,7 @@ from quantcore.errors import (
     QuantcoreError,
     SerializationError,
 )
+from quantcore.fusion import fuse_activations as fuse
 from quantcore.job import (
     QuantizationJob,
     QuantizationResult,
@@ -223,6 +224,7 @@ def load(
     *,
     plugin_manager: QuantcorePluginManager | None = None,
     strict: bool = True,
+    fuse_activations: bool = True,
 ) -> nn.Module:
     """Rebuild a working quantized model from a file written by :func:`save` (or a shard index
     written by :func:`quantize_to_file`) and a float model of the same architecture.
@@ -232,6 +234,8 @@ def load(
     ``strict=False`` ignores tensors the file has and the skeleton lacks (a legacy
     ``embeddings.position_ids``, say), and skeleton tensors the file lacks (they keep the
     skeleton's values), as torch's ``load_state_dict(strict=False)`` does; each is logged.
+    ``fuse_activations`` does what quantize()'s setting of that name does (files do not record
+    it: it is a way of running the layers, not part of their tensors).
     """
     qfile = read_quantized(path)
     manager = plugin_manager or create_plugin_manager()
@@ -258,6 +262,8 @@ def load(
     if adapted is not None and adapted.finalize is not None:
         adapted.finalize(model, qfile.manifest)  # may rebuild what a library knows how to
     refuse_meta_tensors(model, qfile.path)
+    if fuse_activations:
+        fuse(model)
     return model
 
 
@@ -363,6 +369,7 @@ def quantize_to_file(
     fallback: str | None = None,
     smooth: bool | None = None,
     smooth_alpha: float | None = None,
+    fuse_activations: bool | None = None,
 ) -> tuple[QuantizationReport, tuple[Path, ...]]:
     """Quantize ``obj`` and write the result; returns the report and the files written.
 
@@ -386,6 +393,7 @@ def quantize_to_file(
         fallback=fallback,
         smooth=smooth,
         smooth_alpha=smooth_alpha,
+        fuse_activations=fuse_activations,
     )
     target = output_path(path, obj)
     effective = settings.resolve(config)

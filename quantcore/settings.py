@@ -56,6 +56,8 @@ class QuantizeSettings:
         smooth: SmoothQuant-style outlier smoothing from the calibration inputs, kept per layer
             group only where it lowers that group's error.
         smooth_alpha: its migration strength (default 0.5).
+        fuse_activations: let a quantized linear layer run the GELU/ReLU that directly follows
+            it inside its kernel (default True; docs/configuration.md says where it applies).
 
     The accuracy settings (docs/accuracy.md) act only with calibration inputs, which are data,
     not a setting: ``quantize(calibration=...)``, ``--calibration FILE``.
@@ -73,6 +75,7 @@ class QuantizeSettings:
     fallback: str | torch.dtype | None = None
     smooth: bool | None = None
     smooth_alpha: float | None = None
+    fuse_activations: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dtype is not None and not isinstance(self.dtype, (str, torch.dtype)):

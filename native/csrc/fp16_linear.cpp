@@ -1,7 +1,10 @@
 #include "fp16_linear.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
 
 namespace quantcore_native {
 namespace {
@@ -36,17 +39,24 @@ Fp16Linear::Fp16Linear(const at::Tensor& weight) : NativeLinear(weight.size(0), 
   packed_ = prepack(weight.to(at::kFloat).contiguous());
 }
 
-void Fp16Linear::run(const float* x, int64_t tokens, const float* bias, float* y) const {
+void Fp16Linear::run(const float* x, int64_t tokens, const float* bias, float* y,
+                     Activation act) const {
   if (tokens == 0) return;
   const auto options = at::TensorOptions().dtype(at::kFloat);
   at::Tensor input = at::from_blob(const_cast<float*>(x), {tokens, in_}, options);
   at::Tensor output = at::from_blob(y, {tokens, out_}, options);
   packed_->apply_dynamic_out(input, output, false);
-  if (bias == nullptr) return;
-  for (int64_t m = 0; m < tokens; ++m) {
-    float* row = y + m * out_;
-    for (int64_t n = 0; n < out_; ++n) row[n] += bias[n];
-  }
+  if (bias == nullptr && act == Activation::kNone) return;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(out_, 1));
+  at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      float* row = y + m * out_;
+      if (bias != nullptr) {
+        for (int64_t n = 0; n < out_; ++n) row[n] += bias[n];
+      }
+      activation_inplace(act, row, out_);
+    }
+  });
 }
 
 at::Tensor Fp16Linear::unpack() const {

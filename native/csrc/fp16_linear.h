@@ -16,7 +16,8 @@ class Fp16Linear final : public NativeLinear {
   // weight: float16 [out, in]
   explicit Fp16Linear(const at::Tensor& weight);
 
-  void run(const float* x, int64_t tokens, const float* bias, float* y) const override;
+  void run(const float* x, int64_t tokens, const float* bias, float* y,
+           Activation act = Activation::kNone) const override;
 
   // The exact float16 weight back from the packed copy.
   at::Tensor unpack() const;

@@ -17,7 +17,8 @@ class Int8Linear final : public NativeLinear {
   // per-token symmetric or asymmetric activations.
   Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64_t bits, bool symmetric);
 
-  void run(const float* x, int64_t tokens, const float* bias, float* y) const override;
+  void run(const float* x, int64_t tokens, const float* bias, float* y,
+           Activation act = Activation::kNone) const override;
 
   // The exact int8 weight back from the packed copy.
   at::Tensor unpack() const;

@@ -6,7 +6,8 @@
 
 namespace quantcore_native {
 
-at::Tensor NativeLinear::forward(const at::Tensor& x, const std::optional<at::Tensor>& bias) const {
+at::Tensor NativeLinear::forward(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                                 Activation act) const {
   TORCH_CHECK(x.device().is_cpu(), "quantcore_native: the input must be on the CPU");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_, "input has ", x.dim() ? x.size(-1) : 0,
               " features, the layer expects ", in_);
@@ -21,7 +22,7 @@ at::Tensor NativeLinear::forward(const at::Tensor& x, const std::optional<at::Te
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_;
   at::Tensor y = at::empty(shape, x.options().dtype(at::kFloat));
-  run(x2.data_ptr<float>(), x2.size(0), bias_ptr, y.data_ptr<float>());
+  run(x2.data_ptr<float>(), x2.size(0), bias_ptr, y.data_ptr<float>(), act);
   return y;
 }
 

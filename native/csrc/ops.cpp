@@ -47,11 +47,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("unpack", &Fp16Linear::unpack, "the exact float16 weight, from the packed copy");
   m.def(
       "linear",
-      [](const at::Tensor& x, const NativeLinear& packed, const std::optional<at::Tensor>& bias) {
-        return packed.forward(x, bias);
+      [](const at::Tensor& x, const NativeLinear& packed, const std::optional<at::Tensor>& bias,
+         int64_t activation) {
+        return packed.forward(x, bias, activation_from_code(activation));
       },
-      py::arg("x"), py::arg("packed"), py::arg("bias"), py::call_guard<py::gil_scoped_release>(),
-      "[..., in] -> float32 [..., out] with the layer's packed weight");
+      py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("activation") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "[..., in] -> float32 [..., out] with the layer's packed weight, then the activation "
+      "(ACTIVATION_CODES) in the same pass");
 
   m.def("embedding", &embedding, py::arg("table"), py::arg("scale"), py::arg("zero_point"),
         py::arg("input"), py::arg("max_norm"), py::arg("norm_type"),

@@ -22,12 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from quantcore.plugin import KernelRequest, QuantizedWeight, call_in_graph, graph_handle
+from quantcore.plugin import (
+    FUSABLE_ACTIVATIONS,
+    KernelRequest,
+    QuantizedWeight,
+    call_in_graph,
+    graph_handle,
+)
 
 if TYPE_CHECKING:
     from quantcore_native import _C
 
 __all__ = [
+    "ACTIVATION_CODES",
     "DISABLE_VARIABLE",
     "EmbeddingBagKernel",
     "EmbeddingKernel",
@@ -41,6 +48,10 @@ __all__ = [
 ]
 
 _log = logging.getLogger("quantcore")
+
+# The activations the native linear applies in its epilogue (the extension's codes): a backend
+# over LinearKernel lists them as its KernelBackend.fused_activations.
+ACTIVATION_CODES: Mapping[str, int] = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
 
 # Set to 1 to run without the native kernels (the pure-torch ones take over), e.g. to compare them.
 DISABLE_VARIABLE = "QUANTCORE_DISABLE_NATIVE"
@@ -106,6 +117,9 @@ class LinearKernel:
         self.graph_handle = graph_handle(self, (self.out_features,))
         self.native = extension()
         self._linear: Callable[..., torch.Tensor] = self.native.linear
+        fused = request.options.get("fused_activation")
+        self.activation_code = 0 if fused is None else ACTIVATION_CODES[fused]
+        self.activation_after = None if fused is None else FUSABLE_ACTIVATIONS[fused]
 
     def make_packed(self, plain: torch.Tensor) -> _C.NativeLinear:
         raise NotImplementedError
@@ -116,6 +130,11 @@ class LinearKernel:
     def differentiable(self, x: torch.Tensor) -> torch.Tensor:
         """The reference math in differentiable torch ops (the native op has no autograd)."""
         raise NotImplementedError
+
+    def call_in_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`differentiable`, then the fused activation if the request has one."""
+        out = self.differentiable(x)
+        return out if self.activation_after is None else self.activation_after(out)
 
     def pack(self) -> _C.NativeLinear:
         if self.packed is None:
@@ -145,13 +164,13 @@ class LinearKernel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
-            return self.differentiable(x)
+            return self.call_in_torch(x)
         if torch.compiler.is_compiling():
             return call_in_graph(self.graph_handle, x)
         packed = self.packed if self.packed is not None else self.pack()
         if x.dtype == torch.float32:
-            return self._linear(x, packed, self.bias)
-        return self._linear(x, packed, self.bias).to(x.dtype)
+            return self._linear(x, packed, self.bias, self.activation_code)
+        return self._linear(x, packed, self.bias, self.activation_code).to(x.dtype)
 
 
 def supports_recurrent(request: KernelRequest, kernel_type: type[LinearKernel]) -> bool:

@@ -152,6 +152,7 @@ def _fast_backends() -> Iterator[plugin.KernelBackend]:
         is_available=quantcore_native.available,
         supports=kernels_native.supports_native_fp16,
         priority=40,
+        fused_activations=frozenset(quantcore_native.ACTIVATION_CODES),
         description=(
             f"CPU: one native call per layer call (quantcore_native): fbgemm fp16-weight GEMM "
             f"for float32 calls (without AVX512: widened weight + float GEMM above "

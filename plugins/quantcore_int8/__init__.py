@@ -198,6 +198,7 @@ def _cpu_backends() -> Iterator[plugin.KernelBackend]:
         is_available=quantcore_native.available,
         supports=kernels_native.supports_native,
         priority=40,
+        fused_activations=frozenset(quantcore_native.ACTIVATION_CODES),
         description=(
             "CPU: one native call per layer call (quantcore_native): per-token quantization, "
             "fbgemm int8 GEMM and the rescale epilogue"

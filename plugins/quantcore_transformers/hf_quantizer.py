@@ -157,6 +157,7 @@ class QuantcoreHfQuantizer(HfQuantizer):
             fill_untied(model, self.untied, by_transformers=True)
             vars(model).pop("_keys_to_ignore_on_load_missing", None)
         plugin.attach_manifest(model, manifest)
+        plugin.fuse_activations(model)
 
     def get_state_dict_and_metadata(
         self, model: Any
