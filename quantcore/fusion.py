@@ -4,9 +4,10 @@ row is still in cache. That saves a pass over the largest tensor of a transforme
 and its allocation; a kernel that cannot fuse leaves it to the layer, which applies it after the
 call, so the result is the same either way.
 
-Only data flow that is certain is fused: consecutive children of a plain ``nn.Sequential``, and a
-module whose ``forward`` is exactly ``second(first(x))`` (the bytecode of the templates below, as
-in Hugging Face's ``*Intermediate`` blocks). The activation is recognized by what it computes,
+Only data flow that is certain is fused: consecutive children of a plain ``nn.Sequential``, and
+consecutive calls of a module whose ``forward`` does nothing but pass its input through children
+(``x = self.fc(x); x = self.act(x); ...``, or nested calls; its bytecode equals one of the
+templates below), as Hugging Face's ``*Intermediate`` and many ``*MLP`` blocks do. The activation is recognized by what it computes,
 not by its class: a parameter-free module whose outputs on a probe over [-20, 20] match one of
 :data:`~quantcore.modules.FUSABLE_ACTIVATIONS`. Neither side may carry hooks, and a linear layer
 used in more than one place is left alone.
@@ -14,6 +15,7 @@ used in more than one place is left alone.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections import Counter
@@ -28,17 +30,52 @@ from quantcore.modules import FUSABLE_ACTIVATIONS, QuantizedLinear
 logger = logging.getLogger("quantcore")
 
 
-def _chained(self: Any, x: Any) -> Any:
-    x = self.first(x)
-    x = self.second(x)
-    return x
+_MAX_STATEMENTS = 4  # x = ...; x = ...; ...: enough for the MLP blocks of common models
 
 
-def _nested(self: Any, x: Any) -> Any:
-    return self.second(self.first(x))
+@functools.cache
+def _chain_templates() -> tuple[tuple[CodeType, int], ...]:
+    """The bytecode of every ``forward(self, x)`` that only passes ``x`` through children, one
+    statement after another (``x = self.c1(self.c0(x))``: one or two calls deep), ending in
+    ``return x`` or in ``return <calls>``; with how many children it calls. ``c<k>`` is the k-th
+    child called. Compiled by this interpreter, so they compare equal to its bytecode."""
+    templates = []
+    for statements in range(1, _MAX_STATEMENTS + 1):
+        for depths in itertools.product((1, 2), repeat=statements):
+            calls = sum(depths)
+            if calls < 2:
+                continue
+            for returns_calls in (False, True):
+                lines, called = [], 0
+                for depth in depths:
+                    value = "x"
+                    for _ in range(depth):
+                        value, called = f"self.c{called}({value})", called + 1
+                    lines.append(f"x = {value}")
+                lines.append("return " + (lines.pop()[4:] if returns_calls else "x"))
+                source = "def forward(self, x):\n" + "".join(f"    {line}\n" for line in lines)
+                namespace: dict[str, Any] = {}
+                exec(compile(source, "<quantcore fusion template>", "exec"), namespace)
+                templates.append((namespace["forward"].__code__, calls))
+    return tuple(templates)
 
 
-_TEMPLATES: tuple[CodeType, ...] = (_chained.__code__, _nested.__code__)
+def _call_chain(forward: CodeType) -> list[str] | None:
+    """The attribute names a chain-shaped ``forward`` calls, in data-flow order, or None."""
+    for template, calls in _chain_templates():
+        if (
+            forward.co_code == template.co_code
+            and forward.co_consts == template.co_consts
+            and forward.co_argcount == template.co_argcount
+            and forward.co_posonlyargcount == 0
+            and forward.co_kwonlyargcount == 0
+            and forward.co_flags & _CODE_KIND_FLAGS == template.co_flags & _CODE_KIND_FLAGS
+            and len(forward.co_names) == len(template.co_names)
+        ):
+            return [forward.co_names[template.co_names.index(f"c{k}")] for k in range(calls)]
+    return None
+
+
 _PROBE_TOLERANCE = 1e-5
 # generator, coroutine, *args/**kwargs, closure ...; not the __future__ flags of the defining file
 _CODE_KIND_FLAGS = 0xFFFF
@@ -80,22 +117,11 @@ def _linear_then_activation(parent: nn.Module) -> list[tuple[str, str]]:
     forward = getattr(type(parent).forward, "__code__", None)
     if not isinstance(forward, CodeType):
         return []
-    for template in _TEMPLATES:
-        if (
-            forward.co_code == template.co_code
-            and forward.co_consts == template.co_consts
-            and forward.co_argcount == template.co_argcount
-            and forward.co_kwonlyargcount == 0
-            and forward.co_flags & _CODE_KIND_FLAGS == template.co_flags & _CODE_KIND_FLAGS
-            and len(forward.co_names) == len(template.co_names)
-        ):
-            first, second = (
-                forward.co_names[template.co_names.index(n)] for n in ("first", "second")
-            )
-            names = dict(children)
-            if first in names and second in names:
-                return [(first, second)]
-    return []
+    chain = _call_chain(forward)
+    names = dict(children)
+    if chain is None or not all(name in names for name in chain):
+        return []
+    return list(itertools.pairwise(chain))
 
 
 def _has_hooks(module: nn.Module) -> bool:

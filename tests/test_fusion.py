@@ -81,6 +81,66 @@ class Swapped(nn.Module):
         return x
 
 
+class Chain(nn.Module):
+    """As GPT-2's MLP: a chain of four statements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(24, 48)
+        self.act = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(48, 24)
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.c_fc(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.c_proj(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return hidden_states
+
+
+class Mixed(nn.Module):
+    """As Falcon's MLP: a nested call, then one more statement."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(24, 48)
+        self.act = nn.ReLU()
+        self.down = nn.Linear(48, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.up(x))
+        x = self.down(x)
+        return x
+
+
+class Reused(nn.Module):
+    """One child called twice: not a chain of distinct children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(24, 24)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        x = self.act(x)
+        x = self.fc(x)
+        return x
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(24, 24)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        x = self.fc(x)
+        x = self.act(x)
+        return x
+
+
 class QuickGelu(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
@@ -130,6 +190,22 @@ def test_activations_are_recognized_by_what_they_compute(
     assert recognize_activation(module) == name
 
 
+def test_hugging_face_mlp_blocks_are_fused() -> None:
+    transformers = pytest.importorskip("transformers")
+    gpt2 = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16)
+    model = transformers.GPT2Model(gpt2).eval()
+    module = _quantize(model).module
+    assert module is not None
+    assert module.h[0].mlp.c_fc.fused_activation == "gelu_tanh"
+    assert isinstance(module.h[0].mlp.act, nn.Identity)
+    ids = torch.randint(0, 64, (2, 8))
+    unfused = _quantize(model, fuse_activations=False).module
+    assert unfused is not None
+    with torch.no_grad():
+        got, expected = module(ids).last_hidden_state, unfused(ids).last_hidden_state
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_hugging_face_activations_are_recognized() -> None:
     activations = pytest.importorskip("transformers.activations")
     assert recognize_activation(activations.GELUActivation()) == "gelu"
@@ -157,12 +233,16 @@ def test_sequential_pairs_are_fused_and_reported() -> None:
     [
         (Block(nn.GELU()), {"dense": "gelu"}),
         (Nested(), {"fc": "relu"}),
+        (Chain(), {"c_fc": "gelu_tanh"}),
+        (Mixed(), {"up": "relu"}),
         (Scaled(), {}),
         (Swapped(), {}),
+        (Reused(), {}),
+        (TwoInputs(), {}),
         (Block(nn.Tanh()), {}),
     ],
 )
-def test_only_a_forward_that_is_exactly_act_of_linear_is_fused(
+def test_only_a_forward_that_passes_x_through_children_is_fused(
     model: nn.Module, fused: dict[str, str]
 ) -> None:
     module = _quantize(model.eval()).module
