@@ -336,7 +336,7 @@ def add_setting_options(parser: argparse.ArgumentParser) -> None:
         "--fuse-activations",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the GELU/ReLU that directly follows a quantized linear layer in its kernel "
+        help="run the GELU/ReLU/SiLU that directly follows a quantized linear layer in its kernel "
         "(default: on)",
     )
     parser.add_argument(

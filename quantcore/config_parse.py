@@ -57,7 +57,7 @@ SETTINGS: Mapping[str, str] = MappingProxyType(
         "fallback": "string (scheme for layers the budget keeps back; default: float)",
         "smooth": "boolean (outlier smoothing from the calibration inputs)",
         "smooth_alpha": "number in [0, 1] (migration strength of smoothing)",
-        "fuse_activations": "boolean (GELU/ReLU after a quantized linear run in its kernel)",
+        "fuse_activations": "boolean (GELU/ReLU/SiLU after a quantized linear run in its kernel)",
     }
 )
 _ACCURACY_KEYS = ("max_error", "error_metric", "fallback", "smooth", "smooth_alpha")

@@ -7,7 +7,8 @@ call, so the result is the same either way.
 Only data flow that is certain is fused: consecutive children of a plain ``nn.Sequential``, and
 consecutive calls of a module whose ``forward`` does nothing but pass its input through children
 (``x = self.fc(x); x = self.act(x); ...``, or nested calls; its bytecode equals one of the
-templates below), as Hugging Face's ``*Intermediate`` and many ``*MLP`` blocks do. The activation is recognized by what it computes,
+templates below), as Hugging Face's ``*Intermediate`` and many ``*MLP`` blocks do; and the gate
+of a gated MLP, ``down(act(gate(x)) * up(x))``. The activation is recognized by what it computes,
 not by its class: a parameter-free module whose outputs on a probe over [-20, 20] match one of
 :data:`~quantcore.modules.FUSABLE_ACTIVATIONS`. Neither side may carry hooks, and a linear layer
 used in more than one place is left alone.
@@ -33,13 +34,34 @@ logger = logging.getLogger("quantcore")
 _MAX_STATEMENTS = 4  # x = ...; x = ...; ...: enough for the MLP blocks of common models
 
 
+# A template: its bytecode, how many children it calls, and which (k, k + 1) call pairs pass one
+# call's output straight into the next call and nowhere else.
+_Template = tuple[CodeType, int, tuple[tuple[int, int], ...]]
+
+# The gated MLP of LLaMA, Mistral, Qwen and Gemma: down(act(gate(x)) * up(x)).
+_GATED_FORMS = (
+    "y = self.c3(self.c1(self.c0(x)) * self.c2(x))\nreturn y",
+    "return self.c3(self.c1(self.c0(x)) * self.c2(x))",
+)
+
+
+def _compiled(body: str) -> CodeType:
+    source = "def forward(self, x):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<quantcore fusion template>", "exec"), namespace)
+    code: CodeType = namespace["forward"].__code__
+    return code
+
+
 @functools.cache
-def _chain_templates() -> tuple[tuple[CodeType, int], ...]:
-    """The bytecode of every ``forward(self, x)`` that only passes ``x`` through children, one
-    statement after another (``x = self.c1(self.c0(x))``: one or two calls deep), ending in
-    ``return x`` or in ``return <calls>``; with how many children it calls. ``c<k>`` is the k-th
-    child called. Compiled by this interpreter, so they compare equal to its bytecode."""
-    templates = []
+def _templates() -> tuple[_Template, ...]:
+    """The bytecode of the ``forward(self, x)`` shapes whose data flow is certain, compiled by this
+    interpreter so that they compare equal to its bytecode; ``c<k>`` is the k-th child called.
+
+    Chains pass ``x`` through children, one statement after another (``x = self.c1(self.c0(x))``:
+    one or two calls deep), ending in ``return x`` or ``return <calls>``; the gated forms are
+    :data:`_GATED_FORMS`."""
+    templates: list[_Template] = []
     for statements in range(1, _MAX_STATEMENTS + 1):
         for depths in itertools.product((1, 2), repeat=statements):
             calls = sum(depths)
@@ -53,16 +75,16 @@ def _chain_templates() -> tuple[tuple[CodeType, int], ...]:
                         value, called = f"self.c{called}({value})", called + 1
                     lines.append(f"x = {value}")
                 lines.append("return " + (lines.pop()[4:] if returns_calls else "x"))
-                source = "def forward(self, x):\n" + "".join(f"    {line}\n" for line in lines)
-                namespace: dict[str, Any] = {}
-                exec(compile(source, "<quantcore fusion template>", "exec"), namespace)
-                templates.append((namespace["forward"].__code__, calls))
+                pairs = tuple((k, k + 1) for k in range(calls - 1))
+                templates.append((_compiled("\n".join(lines)), calls, pairs))
+    templates += [(_compiled(form), 4, ((0, 1),)) for form in _GATED_FORMS]
     return tuple(templates)
 
 
-def _call_chain(forward: CodeType) -> list[str] | None:
-    """The attribute names a chain-shaped ``forward`` calls, in data-flow order, or None."""
-    for template, calls in _chain_templates():
+def _call_pairs(forward: CodeType) -> list[tuple[str, str]] | None:
+    """(first, second) attribute names where ``forward`` passes the first child's output only
+    to the second, for a forward of one of the template shapes; None for any other."""
+    for template, calls, pairs in _templates():
         if (
             forward.co_code == template.co_code
             and forward.co_consts == template.co_consts
@@ -72,7 +94,8 @@ def _call_chain(forward: CodeType) -> list[str] | None:
             and forward.co_flags & _CODE_KIND_FLAGS == template.co_flags & _CODE_KIND_FLAGS
             and len(forward.co_names) == len(template.co_names)
         ):
-            return [forward.co_names[template.co_names.index(f"c{k}")] for k in range(calls)]
+            names = [forward.co_names[template.co_names.index(f"c{k}")] for k in range(calls)]
+            return [(names[a], names[b]) for a, b in pairs]
     return None
 
 
@@ -117,11 +140,11 @@ def _linear_then_activation(parent: nn.Module) -> list[tuple[str, str]]:
     forward = getattr(type(parent).forward, "__code__", None)
     if not isinstance(forward, CodeType):
         return []
-    chain = _call_chain(forward)
+    pairs = _call_pairs(forward)
     names = dict(children)
-    if chain is None or not all(name in names for name in chain):
+    if pairs is None:
         return []
-    return list(itertools.pairwise(chain))
+    return [(a, b) for a, b in pairs if a in names and b in names]
 
 
 def _has_hooks(module: nn.Module) -> bool:

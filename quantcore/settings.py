@@ -56,7 +56,7 @@ class QuantizeSettings:
         smooth: SmoothQuant-style outlier smoothing from the calibration inputs, kept per layer
             group only where it lowers that group's error.
         smooth_alpha: its migration strength (default 0.5).
-        fuse_activations: let a quantized linear layer run the GELU/ReLU that directly follows
+        fuse_activations: let a quantized linear layer run the GELU/ReLU/SiLU that directly follows
             it inside its kernel (default True; docs/configuration.md says where it applies).
 
     The accuracy settings (docs/accuracy.md) act only with calibration inputs, which are data,

@@ -114,6 +114,21 @@ class Mixed(nn.Module):
         return x
 
 
+class Gated(nn.Module):
+    """As LLaMA's MLP: the gate's activation is fused, the up projection's output is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(24, 40)
+        self.up_proj = nn.Linear(24, 40)
+        self.down_proj = nn.Linear(40, 24)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return down_proj
+
+
 class Reused(nn.Module):
     """One child called twice: not a chain of distinct children."""
 
@@ -177,7 +192,8 @@ def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         (nn.GELU(approximate="tanh"), "gelu_tanh"),
         (nn.ReLU(), "relu"),
         (nn.Tanh(), None),
-        (nn.SiLU(), None),
+        (nn.SiLU(), "silu"),
+        (nn.Sigmoid(), None),
         (QuickGelu(), None),
         (nn.Identity(), None),
         (nn.PReLU(init=0.0), None),  # computes relu at this init, but has a parameter
@@ -235,6 +251,7 @@ def test_sequential_pairs_are_fused_and_reported() -> None:
         (Nested(), {"fc": "relu"}),
         (Chain(), {"c_fc": "gelu_tanh"}),
         (Mixed(), {"up": "relu"}),
+        (Gated(), {"gate_proj": "silu"}),
         (Scaled(), {}),
         (Swapped(), {}),
         (Reused(), {}),

@@ -75,6 +75,10 @@ void gelu_scalar(float* x, int64_t start, int64_t n) {
   for (int64_t i = start; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * kSqrtHalf));
 }
 
+void silu_scalar(float* x, int64_t start, int64_t n) {
+  for (int64_t i = start; i < n; ++i) x[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
 void gelu_tanh_scalar(float* x, int64_t start, int64_t n) {
   for (int64_t i = start; i < n; ++i) {
     const float v = x[i];
@@ -140,6 +144,28 @@ __attribute__((target("avx512f"))) void gelu_tanh_avx512(float* x, int64_t n) {
     _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_mul_ps(half, v), _mm512_add_ps(one, t)));
   }
   gelu_tanh_scalar(x, i, n);
+}
+
+__attribute__((target("avx512f"))) void silu_avx512(float* x, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512 e = Sleef_expf16_u10avx512f(_mm512_sub_ps(_mm512_setzero_ps(), v));
+    _mm512_storeu_ps(x + i, _mm512_div_ps(v, _mm512_add_ps(one, e)));
+  }
+  silu_scalar(x, i, n);
+}
+
+__attribute__((target("avx2,fma"))) void silu_avx2(float* x, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 e = Sleef_expf8_u10avx2(_mm256_sub_ps(_mm256_setzero_ps(), v));
+    _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+  }
+  silu_scalar(x, i, n);
 }
 
 __attribute__((target("avx2,fma"))) void relu_avx2(float* x, int64_t n) {
@@ -214,7 +240,7 @@ void tanh_inplace(float* x, int64_t n) {
 }
 
 Activation activation_from_code(int64_t code) {
-  TORCH_CHECK(code >= 0 && code <= static_cast<int64_t>(Activation::kGeluTanh),
+  TORCH_CHECK(code >= 0 && code <= static_cast<int64_t>(Activation::kSilu),
               "quantcore_native: unknown activation code ", code);
   return static_cast<Activation>(code);
 }
@@ -236,6 +262,10 @@ void activation_inplace(Activation act, float* x, int64_t n) {
       if (level == Isa::kAvx512) return gelu_tanh_avx512(x, n);
       if (level == Isa::kAvx2) return gelu_tanh_avx2(x, n);
       return gelu_tanh_scalar(x, 0, n);
+    case Activation::kSilu:
+      if (level == Isa::kAvx512) return silu_avx512(x, n);
+      if (level == Isa::kAvx2) return silu_avx2(x, n);
+      return silu_scalar(x, 0, n);
   }
 }
 

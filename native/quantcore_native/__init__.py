@@ -51,7 +51,7 @@ _log = logging.getLogger("quantcore")
 
 # The activations the native linear applies in its epilogue (the extension's codes): a backend
 # over LinearKernel lists them as its KernelBackend.fused_activations.
-ACTIVATION_CODES: Mapping[str, int] = {"relu": 1, "gelu": 2, "gelu_tanh": 3}
+ACTIVATION_CODES: Mapping[str, int] = {"relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 
 # Set to 1 to run without the native kernels (the pure-torch ones take over), e.g. to compare them.
 DISABLE_VARIABLE = "QUANTCORE_DISABLE_NATIVE"
