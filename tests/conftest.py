@@ -94,6 +94,19 @@ def use_activation_width(width: str, monkeypatch: pytest.MonkeyPatch) -> int:
     return 8 if cpu_gemms.cpu_int8_exact() else 7
 
 
+def require_native_kernels() -> None:
+    """Skip the test where the native kernels are off, with the reason; a failure instead where
+    ``QUANTCORE_REQUIRE_NATIVE=1`` (CI sets it), so a broken build cannot pass as skips."""
+    import quantcore_native
+
+    reason = quantcore_native.unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("QUANTCORE_REQUIRE_NATIVE", "") not in ("", "0"):
+        pytest.fail(f"QUANTCORE_REQUIRE_NATIVE is set but the native kernels are off: {reason}")
+    pytest.skip(f"native kernels are off: {reason}")
+
+
 @pytest.fixture
 def saturating_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The test runs as on a CPU without AVX512-VNNI (see simulate_saturating_cpu)."""

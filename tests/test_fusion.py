@@ -5,7 +5,6 @@ the setting and survives copies, saving and loading."""
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from pathlib import Path
 
@@ -13,20 +12,13 @@ import pytest
 import quantcore_native
 import torch
 import torch.nn.functional as F
+from conftest import require_native_kernels
 from torch import nn
 
 import quantcore
 from quantcore.plugin import FUSABLE_ACTIVATIONS, QuantizedLinear, recognize_activation
 
 NATIVE = {"int8": "int8-linear-native", "fp16": "fp16-linear-native"}
-
-
-def _require_native() -> None:
-    reason = quantcore_native.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("QUANTCORE_REQUIRE_NATIVE", "") not in ("", "0"):
-            pytest.fail(f"QUANTCORE_REQUIRE_NATIVE is set but the native kernels are off: {reason}")
-        pytest.skip(f"native kernels are off: {reason}")
 
 
 class Block(nn.Module):
@@ -316,7 +308,7 @@ def test_the_setting_turns_fusion_off_everywhere() -> None:
 def test_the_native_epilogue_computes_the_activation(
     dtype: str, activation: str, tokens: int
 ) -> None:
-    _require_native()
+    require_native_kernels()
     torch.manual_seed(1)
     layer = _quantize(nn.Sequential(nn.Linear(24, 37)).eval(), dtype).module
     assert layer is not None
@@ -392,7 +384,7 @@ def test_loading_a_saved_model_fuses_again(tmp_path: Path) -> None:
 
 
 def test_relu_keeps_nan_as_torch_does() -> None:
-    _require_native()
+    require_native_kernels()
     layer = _quantize(nn.Sequential(nn.Linear(4, 3)).eval(), "fp16").module
     assert layer is not None
     layer[0].fuse_activation("relu")

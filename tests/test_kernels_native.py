@@ -6,12 +6,12 @@ built; `QUANTCORE_REQUIRE_NATIVE=1` (set by CI) turns that skip into a failure."
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 
 import pytest
 import quantcore_native
 import torch
+from conftest import require_native_kernels
 from quantcore_fp16 import kernels_native as fp16_native
 from quantcore_int8 import kernels_native
 from quantcore_int8.cpu_gemms import activation_bits
@@ -26,11 +26,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True)
 def _native_kernels() -> None:
-    reason = quantcore_native.unavailable_reason()
-    if reason is not None:
-        if os.environ.get("QUANTCORE_REQUIRE_NATIVE", "") not in ("", "0"):
-            pytest.fail(f"QUANTCORE_REQUIRE_NATIVE is set but the native kernels are off: {reason}")
-        pytest.skip(f"native kernels are off: {reason}")
+    require_native_kernels()
 
 
 # ----------------------------------------------------------------------------- the oracle
