@@ -1,5 +1,5 @@
 """Activation fusion: a quantized linear layer whose output goes straight into an activation
-(GELU, ReLU) hands that activation to its kernel, which applies it to each output row while the
+(GELU, ReLU, SiLU) hands that activation to its kernel, which applies it to each output row while the
 row is still in cache. That saves a pass over the largest tensor of a transformer's MLP block
 and its allocation; a kernel that cannot fuse leaves it to the layer, which applies it after the
 call, so the result is the same either way.
@@ -32,6 +32,9 @@ logger = logging.getLogger("quantcore")
 
 
 _MAX_STATEMENTS = 4  # x = ...; x = ...; ...: enough for the MLP blocks of common models
+_PROBE_TOLERANCE = 1e-5
+# generator, coroutine, *args/**kwargs, closure ...; not the __future__ flags of the defining file
+_CODE_KIND_FLAGS = 0xFFFF
 
 
 # A template: its bytecode, how many children it calls, and which (k, k + 1) call pairs pass one
@@ -97,11 +100,6 @@ def _call_pairs(forward: CodeType) -> list[tuple[str, str]] | None:
             names = [forward.co_names[template.co_names.index(f"c{k}")] for k in range(calls)]
             return [(names[a], names[b]) for a, b in pairs]
     return None
-
-
-_PROBE_TOLERANCE = 1e-5
-# generator, coroutine, *args/**kwargs, closure ...; not the __future__ flags of the defining file
-_CODE_KIND_FLAGS = 0xFFFF
 
 
 def fuse_activations(model: nn.Module) -> dict[str, str]:
