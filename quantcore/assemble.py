@@ -64,6 +64,16 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return copy.copy(module)  # honours __copy__ (GraphModule builds its own class per instance)
 
 
+def own_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with hook dicts of its own: hooks added to the copy do not
+    reach ``module``; everything else (tensors, children) is shared until replaced."""
+    new = _shallow_copy(module)
+    for attr in _HOOK_DICTS:
+        if attr in module.__dict__:
+            new.__dict__[attr] = OrderedDict(module.__dict__[attr])
+    return new
+
+
 def assemble_module(
     root: nn.Module, replacements: Mapping[int, nn.Module], shared: SharedState
 ) -> nn.Module:
@@ -94,7 +104,7 @@ def assemble_module(
             for attr in ("_forward_hooks", "_forward_pre_hooks"):
                 getattr(new, attr).update(getattr(module, attr))
         else:
-            new = _shallow_copy(module)
+            new = own_copy(module)
             # clone what the copy holds: a module's own copy protocol (__getstate__) may hand
             # out tensors its live attributes do not keep (a released packed-kernel weight)
             new._parameters = OrderedDict(
@@ -105,9 +115,6 @@ def assemble_module(
                 (k, None if b is None else clone_tensor(b)) for k, b in new._buffers.items()
             )
             new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-            for attr in _HOOK_DICTS:
-                if attr in module.__dict__:
-                    new.__dict__[attr] = OrderedDict(module.__dict__[attr])
             new._modules = OrderedDict()
         memo[id(module)] = new
         if replacement is None:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from quantcore.assemble import _HOOK_DICTS, _shallow_copy
+from quantcore.assemble import own_copy
 from quantcore.calibration import Batch
 from quantcore.config import QuantizeConfig
 
@@ -193,21 +193,12 @@ def _folds(model: nn.Module, observation: _Observation, alpha: float) -> list[_F
     return folds
 
 
-def _own_copy(module: nn.Module) -> nn.Module:
-    """A shallow copy with hook dicts of its own (hooks added to it must not reach ``module``)."""
-    new = _shallow_copy(module)
-    for attr in _HOOK_DICTS:
-        if attr in module.__dict__:
-            new.__dict__[attr] = OrderedDict(module.__dict__[attr])
-    return new
-
-
 def _scaled_copy(
     module: nn.Module, rows: torch.Tensor | None, columns: torch.Tensor | None
 ) -> nn.Module:
     """A copy of a leaf module with its weight (and bias) divided per output row by ``rows``, or
     its weight multiplied per input column by ``columns``; everything else shared."""
-    new = _own_copy(module)
+    new = own_copy(module)
     new._parameters = OrderedDict(module._parameters)
     weight, bias = module._parameters["weight"], module._parameters.get("bias")
     assert weight is not None
@@ -250,7 +241,7 @@ def _apply(model: nn.Module, folds: Sequence[_Fold]) -> nn.Module:
             )
             new = module
             if any(children[k] is not c for k, c in module._modules.items()):
-                new = _own_copy(module)
+                new = own_copy(module)
                 new._modules = children
             memo[id(module)] = new
         return memo[id(module)]
