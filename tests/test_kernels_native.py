@@ -425,6 +425,57 @@ def test_native_cells_compute_what_the_python_step_does(
                 assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("lstm", {"num_layers": 2, "bidirectional": True, "batch_first": True}),
+        ("lstm", {"proj_size": 12}),
+        ("gru", {}),
+    ],
+)
+def test_under_torch_compile_a_sequence_is_one_graph_op(
+    kind: str, options: dict[str, object], dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compiled recurrent layer keeps the native sequence (one op, no graph break), not the
+    Python loop, and lets its pieces drop their plain weights as in eager mode."""
+    torch._dynamo.reset()
+    model = _recurrent(kind, **options)
+    fused = _quantize(model, dtype)
+    x = torch.randn(4, 9, 24) if options.get("batch_first") else torch.randn(9, 4, 24)
+    with torch.inference_mode():
+        expected = fused(x)
+
+    def no_loop(*args: object) -> None:
+        raise AssertionError("the Python loop ran under torch.compile")
+
+    monkeypatch.setattr(type(fused), "_loop", no_loop)
+    with torch.no_grad():
+        assert torch._dynamo.explain(_quantize(model, dtype))(x).graph_break_count == 0
+        fused = _quantize(model, dtype)  # a fresh layer: its first call is the compiled one
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        got = compiled(x)
+    for a, b in zip(_flatten(got), _flatten(expected), strict=True):
+        assert torch.equal(a, b)
+    assert all(piece._buffers["weight"].is_meta for piece in fused.linears.values())
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_under_torch_compile_a_cell_step_is_one_graph_op(kind: str) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(4)
+    cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}[kind](24, 32).eval()
+    quantized = _quantize(cell, "int8")
+    x, h = torch.randn(5, 24), torch.randn(5, 32)
+    state = (h, torch.randn(5, 32)) if kind == "lstm" else h
+    with torch.no_grad():
+        expected = quantized(x, state)
+        assert torch._dynamo.explain(quantized)(x, state).graph_break_count == 0
+        got = torch.compile(quantized, fullgraph=True, backend="aot_eager")(x, state)
+    for a, b in zip(_flatten(got), _flatten(expected), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_the_python_loop_serves_what_the_native_sequence_cannot() -> None:
     """Autograd and dropout in training take the loop (the native op has neither)."""
     model = _recurrent("lstm", num_layers=2, dropout=0.5)

@@ -28,6 +28,7 @@ from quantcore.plugin import (
     QuantizedWeight,
     call_in_graph,
     graph_handle,
+    kernel_of_handle,
 )
 
 if TYPE_CHECKING:
@@ -192,7 +193,9 @@ class RecurrentKernel:
     Called as ``kernel(x, h0, c0, lengths)`` with ``x`` [steps, batch, features], ``h0``
     [layers * directions, batch, out], ``c0`` the LSTM cell state (any tensor otherwise,
     returned as it is) and ``lengths`` the valid steps per batch element of a padded sequence
-    (or None); returns ``(output, h_n, c_n)``.
+    (or None); returns ``(output, h_n, c_n)``. Under ``torch.compile`` the call is one opaque op
+    of the graph (``quantcore_native::recurrent``), which runs the eager call and then
+    ``after_graph_call`` (set by the layer), so a compiled model keeps the native sequence loop.
     """
 
     def __init__(self, request: KernelRequest) -> None:
@@ -205,6 +208,8 @@ class RecurrentKernel:
         self.cells = options["cells"]
         self.packed: _C.Recurrent | None = None  # built on the first call
         self._no_lengths = torch.empty(0, dtype=torch.long)
+        self.after_graph_call: Callable[[], None] | None = None
+        self.graph_handle = graph_handle(self, (2 if self.bidirectional else 1,))
 
     def _build(self) -> _C.Recurrent:
         packed: _C.Recurrent = extension().Recurrent(
@@ -219,6 +224,17 @@ class RecurrentKernel:
     def __call__(
         self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = _recurrent_op(
+                x, h0, c0, lengths, self.graph_handle
+            )
+            return out
+        return self.run(x, h0, c0, lengths)
+
+    def run(
+        self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The eager call."""
         packed = self.packed if self.packed is not None else self._build()
         self.packed = packed
         output, h_n, c_n = packed.forward(
@@ -227,6 +243,37 @@ class RecurrentKernel:
         if x.dtype == h0.dtype == c0.dtype == torch.float32:
             return output, h_n, c_n
         return output.to(x.dtype), h_n.to(h0.dtype), c_n.to(c0.dtype)
+
+
+@torch.library.custom_op("quantcore_native::recurrent", mutates_args=())
+def _recurrent_op(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    lengths: torch.Tensor | None,
+    handle: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A RecurrentKernel's call as an op a torch.compile graph can hold (``handle``: its
+    graph handle). Outputs are new tensors: an op may not return its input (the c0 a GRU
+    passes through)."""
+    kernel: RecurrentKernel = kernel_of_handle(handle)
+    output, h_n, c_n = kernel.run(x, h0, c0, lengths)
+    if kernel.after_graph_call is not None:
+        kernel.after_graph_call()
+    return output, h_n, (c_n.clone() if c_n is c0 else c_n)
+
+
+@_recurrent_op.register_fake
+def _recurrent_fake(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    lengths: torch.Tensor | None,
+    handle: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    directions = handle.shape[0]
+    output = x.new_empty((x.shape[0], x.shape[1], directions * h0.shape[-1]))
+    return output, torch.empty_like(h0), torch.empty_like(c0)
 
 
 # ------------------------------------------------------------------------------- embeddings

@@ -11,6 +11,7 @@ torch.compile), the Python loop here runs, and it is the reference.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -120,12 +121,19 @@ class _QuantizedRecurrent(QuantizedContainer):
                 self._kernel = backend.prepare(request)
                 self._pieces = tuple(k for cell in kernels for k in cell)
                 self.kernel_name = ", ".join((backend.name, self.kernel_name))
+                if hasattr(self._kernel, "after_graph_call"):
+                    # a compiled graph runs the kernel as one op, not through forward()
+                    self._kernel.after_graph_call = _weak_call(self._after_sequence_call)
                 return
 
     def _sequence_kernel(self, *inputs: torch.Tensor) -> Callable[..., Any] | None:
-        """The sequence kernel, when it can serve this call: it has no autograd, no dropout and
-        no torch.compile support (the Python loop serves those)."""
-        if self._kernel is None or torch.compiler.is_compiling():
+        """The sequence kernel, when it can serve this call: it has no autograd and no dropout,
+        and enters a torch.compile graph only as an op of its own (``graph_handle``); the Python
+        loop serves the rest."""
+        if self._kernel is None:
+            return None
+        compiling = torch.compiler.is_compiling()
+        if compiling and getattr(self._kernel, "graph_handle", None) is None:
             return None
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             return None
@@ -139,7 +147,10 @@ class _QuantizedRecurrent(QuantizedContainer):
         return self._kernel
 
     def _after_sequence_call(self) -> None:
-        """The pieces' own calls did not run: let them drop their plain weights now."""
+        """The pieces' own calls did not run: let them drop their plain weights now (under
+        torch.compile the kernel's op calls this, not forward())."""
+        if torch.compiler.is_compiling():
+            return
         if not self._pieces_released:
             self._pieces_released = all([p.kernel_ran_elsewhere() for p in self._piece_modules])
 
@@ -147,6 +158,18 @@ class _QuantizedRecurrent(QuantizedContainer):
         state = super().__getstate__()
         state["_pieces"], state["_piece_modules"] = (), ()
         return state
+
+
+def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` through a weak reference: the kernel may keep it without keeping its layer."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
 
 
 class QuantizedRNN(_QuantizedRecurrent):
