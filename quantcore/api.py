@@ -114,9 +114,9 @@ def quantize(
     """Quantize a model (``nn.Module``) or a state dict with dynamic quantization.
 
     The settings (``dtype``, ``include``, ``exclude``, ``overrides``, ``disable_plugins``,
-    ``strict``, ``log_level`` and the accuracy settings ``max_error``, ``error_metric``,
-    ``fallback``, ``smooth``, ``smooth_alpha``, and ``fuse_activations``) are those of :class:`quantcore.QuantizeSettings`,
-    which documents them; every one left as None comes from the configuration files, else its
+    ``strict``, ``log_level``, ``fuse_activations`` and the accuracy settings ``max_error``,
+    ``error_metric``, ``fallback``, ``smooth``, ``smooth_alpha``) are those of
+    :class:`quantcore.QuantizeSettings`, which documents them; every one left as None comes from the configuration files, else its
     default (see docs/configuration.md); a parameter always wins over a file.
 
     Args:

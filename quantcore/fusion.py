@@ -1,6 +1,6 @@
 """Activation fusion: a quantized linear layer whose output goes straight into an activation
-(GELU, ReLU, SiLU) hands that activation to its kernel, which applies it to each output row while the
-row is still in cache. That saves a pass over the largest tensor of a transformer's MLP block
+(GELU, ReLU, SiLU) hands that activation to its kernel, which applies it to each output row
+while the row is still in cache. That saves a pass over the largest tensor of a transformer's MLP block
 and its allocation; a kernel that cannot fuse leaves it to the layer, which applies it after the
 call, so the result is the same either way.
 
@@ -136,12 +136,10 @@ def _linear_then_activation(parent: nn.Module) -> list[tuple[str, str]]:
     if type(parent).forward is nn.Sequential.forward:
         return [(a, b) for (a, _), (b, _) in itertools.pairwise(children)]
     forward = getattr(type(parent).forward, "__code__", None)
-    if not isinstance(forward, CodeType):
-        return []
-    pairs = _call_pairs(forward)
-    names = dict(children)
+    pairs = _call_pairs(forward) if isinstance(forward, CodeType) else None
     if pairs is None:
         return []
+    names = dict(children)
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 
@@ -161,7 +159,7 @@ def recognize_activation(module: nn.Module) -> str | None:
         return None
     if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
         return None
-    probe = torch.cat([torch.linspace(-20.0, 20.0, 8001), torch.tensor([0.0, -0.0, 1e-6, -1e-6])])
+    probe, references = _probe()
     try:
         with torch.no_grad():
             out = module(probe.clone())
@@ -169,7 +167,14 @@ def recognize_activation(module: nn.Module) -> str | None:
         return None
     if not isinstance(out, torch.Tensor) or out.shape != probe.shape or out.dtype != probe.dtype:
         return None
-    for name, function in FUSABLE_ACTIVATIONS.items():
-        if torch.allclose(out, function(probe), rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE):
+    for name, reference in references.items():
+        if torch.allclose(out, reference, rtol=_PROBE_TOLERANCE, atol=_PROBE_TOLERANCE):
             return name
     return None
+
+
+@functools.cache
+def _probe() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The probe input and what each fusable activation gives on it (computed once)."""
+    probe = torch.cat([torch.linspace(-20.0, 20.0, 8001), torch.tensor([0.0, -0.0, 1e-6, -1e-6])])
+    return probe, {name: function(probe) for name, function in FUSABLE_ACTIVATIONS.items()}

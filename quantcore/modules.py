@@ -64,9 +64,9 @@ def _request_for(backend: KernelBackend, request: KernelRequest) -> KernelReques
     return dataclasses.replace(request, options=options)
 
 
-def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
-    """``method`` called through a weak reference: a kernel the module owns may keep it without
-    keeping the module alive."""
+def weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` called through a weak reference: a kernel the module owns may keep it (as its
+    ``after_graph_call``, say) without keeping the module alive."""
     ref = weakref.WeakMethod(method)
 
     def call() -> None:
@@ -133,7 +133,7 @@ class QuantizedModule(nn.Module):
         if self._release_pending and hasattr(self._kernel, "after_graph_call"):
             # a call the kernel runs inside a torch.compile graph op bypasses _call_kernel; the
             # kernel reports it instead, so the plain weight goes under torch.compile too
-            self._kernel.after_graph_call = _weak_call(self._release_if_pending)
+            self._kernel.after_graph_call = weak_call(self._release_if_pending)
 
     def _call_kernel(self, *args: Any) -> torch.Tensor:
         assert self._kernel is not None

@@ -70,6 +70,7 @@ from quantcore.modules import (
     register_weight,
     select_kernel,
     track_dtype,
+    weak_call,
 )
 from quantcore.plugin_manager import (
     ENTRY_POINT_GROUP,
@@ -182,4 +183,5 @@ __all__ = [
     "did_you_mean",
     "fuse_activations",
     "recognize_activation",
+    "weak_call",
 ]

@@ -11,7 +11,6 @@ torch.compile), the Python loop here runs, and it is the reference.
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
@@ -123,7 +122,7 @@ class _QuantizedRecurrent(QuantizedContainer):
                 self.kernel_name = ", ".join((backend.name, self.kernel_name))
                 if hasattr(self._kernel, "after_graph_call"):
                     # a compiled graph runs the kernel as one op, not through forward()
-                    self._kernel.after_graph_call = _weak_call(self._after_sequence_call)
+                    self._kernel.after_graph_call = plugin.weak_call(self._after_sequence_call)
                 return
 
     def _sequence_kernel(self, *inputs: torch.Tensor) -> Callable[..., Any] | None:
@@ -158,18 +157,6 @@ class _QuantizedRecurrent(QuantizedContainer):
         state = super().__getstate__()
         state["_pieces"], state["_piece_modules"] = (), ()
         return state
-
-
-def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
-    """``method`` through a weak reference: the kernel may keep it without keeping its layer."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
-
-    return call
 
 
 class QuantizedRNN(_QuantizedRecurrent):
