@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantcore.errors import LayerSkipped
+from quantcore.float_view import DequantizedView, tracing
 from quantcore.registrations import KernelBackend, KernelRequest, PackedWeightKernel
 from quantcore.specs import ActivationSpec, QuantizedWeight, WeightSpec
 
@@ -101,30 +102,75 @@ class QuantizedModule(nn.Module):
 
     def __getattr__(self, name: str) -> Any:
         # Code outside quantcore often reads a layer's weight directly (a parent module using
-        # ``child.weight``, a tied head, a dtype check). It gets the dequantized float values;
-        # the quantized tensors stay in the buffers and the state dict under the same name.
+        # ``child.weight``, a tied head, a dtype check). It gets the float values, dequantized
+        # when first used (a DequantizedView); the quantized tensors stay in the buffers and the
+        # state dict under the same name.
         views = self.__dict__.get("_float_views")
         if views and name in views:
             data = self.__dict__["_buffers"].get(name)
             if data is not None:
-                return self.dequantized(name)
+                return self._float_view(name)
         return super().__getattr__(name)
 
     def dequantized(self, name: str = "weight") -> torch.Tensor:
         """The float value of quantized weight ``name`` (a new tensor each call)."""
+        return self._dequantize_later(name)()
+
+    def _dequantize_later(self, name: str) -> Callable[[], torch.Tensor]:
+        """What dequantizes weight ``name`` as it is now: the buffers are taken at this call; a
+        released plain weight is rebuilt, when the values are needed, from this call's kernel."""
         weight_format, spec, dequantizer = self._float_views[name]
         buffers = self._buffers
-        data = self._buffer(name)
+        data = buffers.get(name)
         assert data is not None
-        quantized = QuantizedWeight(
-            weight_format,
-            data,
-            scale=buffers.get(f"{name}_scale"),
-            zero_point=buffers.get(f"{name}_zero_point"),
-            spec=spec,
-        )
+        scale, zero_point = buffers.get(f"{name}_scale"), buffers.get(f"{name}_zero_point")
         dtype = self.__dict__.get("output_dtype", torch.float32)
-        return dequantizer(quantized).to(dtype)
+        released = name == "weight" and self._plain_released and data.is_meta
+        kernel = cast(PackedWeightKernel, self._kernel) if released else None
+
+        def dequantize() -> torch.Tensor:
+            plain = data if kernel is None else kernel.plain_weight().data
+            quantized = QuantizedWeight(
+                weight_format, plain, scale=scale, zero_point=zero_point, spec=spec
+            )
+            return dequantizer(quantized).to(dtype)
+
+        return dequantize
+
+    def _float_view(self, name: str) -> torch.Tensor:
+        dequantize = self._dequantize_later(name)
+        shape = self._float_shape(name)
+        if shape is None or tracing():
+            return dequantize()
+        buffers = self._buffers
+        placed = [t for t in (buffers[name], buffers.get(f"{name}_scale")) if t is not None]
+        device = next((t.device for t in placed if not t.is_meta), torch.device("cpu"))
+        dtype = self.__dict__.get("output_dtype", torch.float32)
+        return DequantizedView(shape, dtype, device, dequantize)
+
+    def _float_shape(self, name: str) -> torch.Size | None:
+        """The dequantized shape of weight ``name``, found once by dequantizing on the meta
+        device; None where the scheme's dequantizer cannot run there (reads then dequantize)."""
+        buffers = self._buffers
+        data = buffers[name]
+        assert data is not None
+        key = (name, data.shape, data.dtype)
+        shapes = self.__dict__.setdefault("_float_shapes", {})
+        if key not in shapes:
+            weight_format, spec, dequantizer = self._float_views[name]
+            scale, zero_point = buffers.get(f"{name}_scale"), buffers.get(f"{name}_zero_point")
+            meta = QuantizedWeight(
+                weight_format,
+                data.to("meta"),
+                scale=None if scale is None else scale.to("meta"),
+                zero_point=None if zero_point is None else zero_point.to("meta"),
+                spec=spec,
+            )
+            try:
+                shapes[key] = dequantizer(meta).shape
+            except Exception:  # a dequantizer that needs real values
+                shapes[key] = None
+        return cast("torch.Size | None", shapes[key])
 
     def _prepare_kernel(self) -> None:
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import quantcore
+from quantcore.float_view import DequantizedView
 from quantcore.plugin import Granularity, WeightSpec
 
 PLUGIN_SOURCE = Path(__file__).parent / "plugins_int4"
@@ -99,6 +100,8 @@ def test_int4_plugin_from_a_test_distribution_round_trips(
     assert state["up.weight_scale"].shape == (96, 2) and state["down.weight_scale"].shape == (32, 3)
     assert result.module is not None
     assert torch.allclose(result.module.up.weight, model.up.weight, atol=0.1)  # float view
+    assert isinstance(result.module.up.weight, DequantizedView)  # its shape found on meta
+    assert result.module.up.weight.shape == (96, 64)
     x = torch.randn(4, 64)
     with torch.no_grad():
         got, expected = result.module(x), model(x)
