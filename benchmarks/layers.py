@@ -5,10 +5,13 @@
     python -m benchmarks.layers --threads 2 --only linear
 
 Linear layers 256 to 4096 wide at 1, 8, 64, 128 and 512 tokens; LSTM/GRU/RNN (32 steps, batch 1
-and 8) and their cells. Each row times its variants round-robin (every round calls each variant
-once, many calls per round for small layers) and keeps the best round, as per-call microseconds;
-the ratio columns are quantcore / torch.ao and quantcore / fp32 of the same dtype, and the error
-columns each variant's relative output error against fp32. A measurement, not a test.
+and 8) and their cells; a BERT-base-sized ``nn.TransformerEncoderLayer`` (1 and 8 x 128 tokens;
+torch.ao's quantized one fails in eval mode: "failed"). Each row times its variants round-robin
+(every round calls each variant once, many calls per round for small layers) and keeps the best
+round, as per-call microseconds; the ratio columns are quantcore / torch.ao and quantcore / fp32
+of the same dtype, the error columns each variant's relative output error against fp32, and the
+peak columns the share of the cores' int8 multiply-accumulate peak (measured first, by
+``int8_peak.c``) that torch.ao's and quantcore's INT8 layer reach. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -86,6 +93,42 @@ def _recurrent_cases() -> Iterator[Case]:
         )
 
 
+def _encoder_cases() -> Iterator[Case]:
+    """BERT-base-sized nn.TransformerEncoderLayer: eval-mode fp32 takes torch's fused fast path,
+    and the layer reads its children's weights on every call to decide on it."""
+    for batch in (1, 8):
+        torch.manual_seed(0)
+        model = nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True).eval()
+        x = torch.randn(batch, 128, 768)
+        yield Case(
+            "encoder",
+            f"EncoderLayer 768, {batch}x128 tok",
+            model,
+            lambda m, x=x: m(x),
+            batch * 128 * 768 * (4 * 768 + 2 * 3072),
+        )
+
+
+def int8_peak() -> dict[str, Any] | None:
+    """One core's int8 multiply-accumulate peak, from benchmarks/int8_peak.c (built here with the
+    system C compiler): the ceiling any int8 GEMM, fbgemm's included, works under. None without
+    a compiler or on a CPU with neither AVX512-VNNI nor AVX2."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = Path(__file__).with_name("int8_peak.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = str(Path(tmp) / "int8_peak")
+        built = subprocess.run([compiler, "-O2", str(source), "-o", binary], capture_output=True)
+        if built.returncode != 0:
+            return None
+        ran = subprocess.run([binary], capture_output=True, text=True)
+    if ran.returncode != 0:
+        return None
+    isa, gmacs = ran.stdout.split()
+    return {"isa": isa, "GMAC/s per core": float(gmacs)}
+
+
 def _first(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, tuple) else value
 
@@ -101,6 +144,11 @@ def _variants(case: Case) -> dict[str, nn.Module]:
         with warnings.catch_warnings():  # deprecated: its warnings are not ours to show
             warnings.simplefilter("ignore")
             wrapped = quantize_dynamic(nn.Sequential(case.model), dtype=ao_dtype)
+            try:  # its quantized TransformerEncoderLayer fails in eval mode
+                with torch.inference_mode():
+                    case.run(wrapped[0])
+            except Exception:
+                continue
         variants[f"torch.ao {name}"] = wrapped[0]
     return variants
 
@@ -118,7 +166,8 @@ def _best_times(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -
     return best
 
 
-def bench_case(case: Case, rounds: int) -> dict[str, Any]:
+def bench_case(case: Case, rounds: int, peak: float | None = None) -> dict[str, Any]:
+    """``peak``: the int8 MAC peak of the cores in use (GMAC/s), for the rows' share of it."""
     variants = _variants(case)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,25 +178,37 @@ def bench_case(case: Case, rounds: int) -> dict[str, Any]:
         )
     row: dict[str, Any] = {"kind": case.kind, "case": case.name, "fp32 us": times["fp32"] * 1e6}
     for dtype in AO_DTYPES:
-        ours, theirs = times[f"quantcore {dtype}"], times[f"torch.ao {dtype}"]
+        ours, theirs = times[f"quantcore {dtype}"], times.get(f"torch.ao {dtype}")
+        ao_out = outputs.get(f"torch.ao {dtype}")
         row[f"{dtype} us"] = ours * 1e6
-        row[f"torch.ao {dtype} us"] = theirs * 1e6
-        row[f"{dtype} / torch.ao"] = ours / theirs
+        row[f"torch.ao {dtype} us"] = None if theirs is None else theirs * 1e6
+        row[f"{dtype} / torch.ao"] = None if theirs is None else ours / theirs
         row[f"{dtype} / fp32"] = ours / times["fp32"]
         row[f"{dtype} error"] = relative_error(outputs[f"quantcore {dtype}"], outputs["fp32"])
-        row[f"torch.ao {dtype} error"] = relative_error(
-            outputs[f"torch.ao {dtype}"], outputs["fp32"]
+        row[f"torch.ao {dtype} error"] = (
+            None if ao_out is None else relative_error(ao_out, outputs["fp32"])
+        )
+    for variant in ("int8", "torch.ao int8"):  # share of the machine's int8 MAC peak
+        seconds = row[f"{variant} us"]
+        row[f"{variant} of peak"] = (
+            None if peak is None or seconds is None else case.work / (seconds * 1e3) / peak
         )
     return row
+
+
+def _fmt(value: float | None, width: int, digits: int) -> str:
+    return f"{'failed':>{width}}" if value is None else f"{value:{width}.{digits}f}"
 
 
 def print_row(row: dict[str, Any]) -> None:
     print(
         f"{row['case']:34} {row['fp32 us']:9.1f} | "
-        f"{row['torch.ao int8 us']:9.1f} {row['int8 us']:9.1f} {row['int8 / torch.ao']:6.2f} "
-        f"{row['int8 / fp32']:6.2f} {row['int8 error']:7.4f} {row['torch.ao int8 error']:7.4f} | "
-        f"{row['torch.ao fp16 us']:9.1f} {row['fp16 us']:9.1f} {row['fp16 / torch.ao']:6.2f} "
-        f"{row['fp16 / fp32']:6.2f}",
+        f"{_fmt(row['torch.ao int8 us'], 9, 1)} {row['int8 us']:9.1f} "
+        f"{_fmt(row['int8 / torch.ao'], 6, 2)} {row['int8 / fp32']:6.2f} "
+        f"{row['int8 error']:7.4f} {_fmt(row['torch.ao int8 error'], 7, 4)} | "
+        f"{_fmt(row['torch.ao fp16 us'], 9, 1)} {row['fp16 us']:9.1f} "
+        f"{_fmt(row['fp16 / torch.ao'], 6, 2)} {row['fp16 / fp32']:6.2f} | "
+        f"{_fmt(row['torch.ao int8 of peak'], 5, 2)} {_fmt(row['int8 of peak'], 5, 2)}",
         flush=True,
     )
 
@@ -155,7 +216,8 @@ def print_row(row: dict[str, Any]) -> None:
 def print_header() -> None:
     header = (
         f"{'case':34} {'fp32 us':>9} | {'ao int8':>9} {'int8':>9} {'/ao':>6} {'/fp32':>6} "
-        f"{'err':>7} {'ao err':>7} | {'ao fp16':>9} {'fp16':>9} {'/ao':>6} {'/fp32':>6}"
+        f"{'err':>7} {'ao err':>7} | {'ao fp16':>9} {'fp16':>9} {'/ao':>6} {'/fp32':>6} | "
+        f"{'peak: ao':>8} {'int8':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -165,25 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", choices=("linear", "recurrent"))
+    parser.add_argument("--only", choices=("linear", "recurrent", "encoder"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("quantcore").setLevel(logging.ERROR)
-    print(json.dumps(machine()))
+    peak = int8_peak()
+    print(json.dumps(machine() | {"int8 peak": peak}))
+    cores = min(args.threads, os.cpu_count() or 1)
+    peak_gmacs = None if peak is None else peak["GMAC/s per core"] * cores
     print_header()
     cases: list[Iterator[Case]] = []
     if args.only in (None, "linear"):
         cases.append(_linear_cases())
     if args.only in (None, "recurrent"):
         cases.append(_recurrent_cases())
+    if args.only in (None, "encoder"):
+        cases.append(_encoder_cases())
     rows = []
     for group in cases:
         for case in group:
-            rows.append(bench_case(case, args.rounds))
+            rows.append(bench_case(case, args.rounds, peak_gmacs))
             print_row(rows[-1])
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}))
+        report = {"machine": machine(), "int8 peak": peak, "rows": rows}
+        args.json.write_text(json.dumps(report))
     return 0
 
 
