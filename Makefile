@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench bench-quick bench-memory bench-layers bench-zoo lint check clean
+.PHONY: demo test test-slow bench bench-quick bench-memory bench-layers bench-gemm bench-zoo lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,11 @@ bench-quick: $(VENV)/.installed-dev  ## the same in a few minutes: fewer rounds,
 bench-memory: $(VENV)/.installed-dev  ## resident memory of a ~1B decoder at inference, vs fp32 and torch.ao
 	$(BIN)/python -m benchmarks.memory
 
-bench-layers: $(VENV)/.installed-dev  ## per-layer speed vs fp32 and torch.ao (linear 256-4096 wide, recurrent), 1 thread
+bench-layers: $(VENV)/.installed-dev  ## per-layer speed vs fp32 and torch.ao (linear 256-4096 wide, recurrent, encoder layer), 1 thread
 	$(BIN)/python -m benchmarks.layers
+
+bench-gemm: $(VENV)/.installed-dev  ## INT8 linear layers next to fbgemm's bare int8 GEMM and the CPU's int8 peak, 1 thread
+	$(BIN)/python -m benchmarks.bare_gemm
 
 bench-zoo: $(VENV)/.installed-dev  ## every zoo model vs fp32 and torch.ao, 1 and 2 threads (about 15 minutes)
 	$(BIN)/python -m benchmarks.zoo
