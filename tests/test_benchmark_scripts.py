@@ -65,6 +65,16 @@ def test_the_layer_benchmark_reports_a_torch_ao_failure(tmp_path: Path) -> None:
         assert row["int8 / fp32"] > 0 and row["int8 error"] < 0.05
 
 
+@pytest.mark.slow
+def test_the_bare_gemm_benchmark_builds_and_runs(tmp_path: Path) -> None:
+    result = _run("benchmarks.bare_gemm", "--rounds", "1", tmp_path=tmp_path)
+    rows = result["rows"]
+    assert isinstance(rows, list) and len(rows) == 5
+    for row in rows:  # a layer around the GEMM takes longer than the GEMM alone, give or take noise
+        assert row["int8 / bare"] > 0.8 and row["torch.ao / bare"] > 0.8
+        assert row["bare of peak"] is None or 0.0 < row["bare of peak"] < 1.2
+
+
 _ZOO_ERROR = """
 import torch
 from benchmarks.accuracy import zoo_error
