@@ -88,6 +88,7 @@ class QuantizedModule(nn.Module):
         self._op = op
         self._backends = backends
         self._kernel: Callable[..., torch.Tensor] | None = None
+        self._backend: KernelBackend | None = None  # the one that prepared _kernel
         self.kernel_name = ""
         # buffer name -> (format, spec, dequantizer): reading ``module.<name>`` gives float values
         self._float_views: dict[str, tuple[str, WeightSpec | None, Dequantizer]] = {}
@@ -174,6 +175,7 @@ class QuantizedModule(nn.Module):
 
     def _prepare_kernel(self) -> None:
         backend, self._kernel = select_kernel(self._backends, self._kernel_request())
+        self._backend = backend
         self.kernel_name = backend.name
         self._release_pending = isinstance(self._kernel, PackedWeightKernel)
         if self._release_pending and hasattr(self._kernel, "after_graph_call"):
@@ -329,8 +331,8 @@ class QuantizedLinear(QuantizedModule):
     def _prepare_kernel(self) -> None:
         super()._prepare_kernel()
         name = self.fused_activation
-        backend = next(b for b in self._backends if b.name == self.kernel_name)
-        if name is None or name in backend.fused_activations:
+        assert self._backend is not None
+        if name is None or name in self._backend.fused_activations:
             self._activation_after = None
         else:
             self._activation_after = FUSABLE_ACTIVATIONS[name]
