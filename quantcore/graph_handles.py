@@ -15,15 +15,18 @@ import torch
 _HANDLE_ATTRIBUTE = "_quantcore_kernel"
 
 
-def graph_handle(kernel: object, shape: Sequence[int]) -> torch.Tensor:
+def graph_handle(
+    kernel: object, shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """A zero-size tensor that stands for ``kernel`` in ``torch.compile`` graphs.
 
     Its shape is ``(*shape, 0)``: no bytes, but enough for :func:`call_in_graph`'s op to give its
     output's shape while tracing (``shape`` is what the kernel's output has after the input's
-    leading dims: ``(out_features,)`` for a linear layer). It refers to the kernel weakly, so the
-    kernel may keep it without a reference cycle.
+    leading dims: ``(out_features,)`` for a linear layer). A kernel's own ops may give it another
+    ``dtype`` and shape to describe their outputs. It refers to the kernel weakly, so the kernel
+    may keep it without a reference cycle.
     """
-    handle = torch.empty((*shape, 0))
+    handle = torch.empty((*shape, 0), dtype=dtype)
     setattr(handle, _HANDLE_ATTRIBUTE, weakref.ref(kernel))
     return handle
 

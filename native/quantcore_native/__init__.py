@@ -116,6 +116,8 @@ class LinearKernel:
         self.packed: _C.NativeLinear | None = None
         self.after_graph_call: Callable[[], None] | None = None
         self.graph_handle = graph_handle(self, (self.out_features,))
+        # stands for the plain weight in a graph that reads it after its release
+        self.plain_handle = graph_handle(self, tuple(self.plain.shape), self.plain.dtype)
         self.native = extension()
         self._linear: Callable[..., torch.Tensor] = self.native.linear
         fused = request.options.get("fused_activation")
@@ -146,6 +148,9 @@ class LinearKernel:
         if self.plain is not None:
             return self.plain
         assert self.packed is not None
+        if torch.compiler.is_compiling():  # a model reading layer.weight: no graph break
+            out: torch.Tensor = torch.ops.quantcore_native.plain_weight(self.plain_handle)
+            return out
         return self.unpack(self.packed)
 
     def release_plain_weight(self) -> bool:
@@ -172,6 +177,20 @@ class LinearKernel:
         if x.dtype == torch.float32:
             return self._linear(x, packed, self.bias, self.activation_code)
         return self._linear(x, packed, self.bias, self.activation_code).to(x.dtype)
+
+
+@torch.library.custom_op("quantcore_native::plain_weight", mutates_args=())
+def _plain_weight_op(handle: torch.Tensor) -> torch.Tensor:
+    """A released LinearKernel's plain weight, unpacked from its packed copy, as an op a
+    torch.compile graph can hold (``handle``: its ``plain_handle``)."""
+    kernel: LinearKernel = kernel_of_handle(handle)
+    assert kernel.packed is not None
+    return kernel.unpack(kernel.packed)
+
+
+@_plain_weight_op.register_fake
+def _plain_weight_fake(handle: torch.Tensor) -> torch.Tensor:
+    return handle.new_empty(handle.shape[:-1])
 
 
 def supports_recurrent(request: KernelRequest, kernel_type: type[LinearKernel]) -> bool:

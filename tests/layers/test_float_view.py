@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_native_kernels
 from layer_checks import check_error, relative_error
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -153,10 +154,29 @@ def test_compiled_code_and_modes_get_plain_tensors(scheme: str) -> None:
     x = torch.randn(3, 6)
     with torch.no_grad():
         expected = quantized(x)
-        compiled = torch.compile(quantized, backend="eager")
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
         assert torch.equal(compiled(x), expected)
         with FlopCounterMode(display=False):
             assert type(quantized.proj.weight) is torch.Tensor
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_compiled_model_reading_released_weights_is_one_graph(scheme: str) -> None:
+    """The native kernels drop the plain weight after the first call; reading ``.weight`` in a
+    compiled forward then unpacks it with an op the graph holds, not a graph break."""
+    require_native_kernels()
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    quantized = quantcore.quantize(model, scheme, output="module")
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        expected = quantized(x)
+        assert quantized.layers[0].linear1._buffers["weight"].is_meta  # released
+        compiled = torch.compile(quantized, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), expected)
+        read = torch.compile(lambda: quantized.layers[0].linear1.weight, fullgraph=True)
+        assert torch.equal(read(), quantized.layers[0].linear1.dequantized())
 
 
 def test_a_dequantizer_that_needs_real_values_gets_them() -> None:
