@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test test-slow bench bench-quick bench-memory bench-layers bench-gemm bench-zoo lint check clean
+.PHONY: demo test test-slow bench bench-quick bench-memory bench-layers bench-gemm bench-zoo bench-arch lint check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,11 @@ bench-layers: $(VENV)/.installed-dev  ## per-layer speed vs fp32 and torch.ao (l
 bench-gemm: $(VENV)/.installed-dev  ## INT8 linear layers next to fbgemm's bare int8 GEMM and the CPU's int8 peak, 1 thread
 	$(BIN)/python -m benchmarks.bare_gemm
 
-bench-zoo: $(VENV)/.installed-dev  ## every zoo model vs fp32 and torch.ao, 1 and 2 threads (about 15 minutes)
+bench-zoo: $(VENV)/.installed-dev  ## every zoo model vs fp32 and torch.ao, 1 and 2 threads (about 4 minutes)
 	$(BIN)/python -m benchmarks.zoo
+
+bench-arch: $(VENV)/.installed-dev  ## ten transformers architectures at base size (768 wide, 2 layers, 1x128 tokens) vs fp32 and torch.ao
+	$(BIN)/python -m benchmarks.architectures
 
 lint: $(VENV)/.installed-dev  ## ruff and mypy
 	$(BIN)/ruff check .

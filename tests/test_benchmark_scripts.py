@@ -75,6 +75,18 @@ def test_the_bare_gemm_benchmark_builds_and_runs(tmp_path: Path) -> None:
         assert row["bare of peak"] is None or row["bare of peak"] > 0
 
 
+@pytest.mark.slow
+def test_the_architecture_benchmark_runs(tmp_path: Path) -> None:
+    result = _run(
+        "benchmarks.architectures", "--only", "bert,gpt2", "--rounds", "1", tmp_path=tmp_path
+    )
+    rows = result["rows"]
+    assert isinstance(rows, list) and [r["model"] for r in rows] == ["bert", "gpt2"]
+    for row in rows:
+        assert row["int8 error"] < 0.05 and row["fp16 error"] < 0.01
+        assert all(v > 0 for v in (*row["int8 / fp32"], *row["int8 / torch.ao"]))
+
+
 _ZOO_ERROR = """
 import torch
 from benchmarks.accuracy import zoo_error
