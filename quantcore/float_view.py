@@ -82,12 +82,10 @@ class DequantizedView(torch.Tensor):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        kwargs = kwargs or {}
         if func in _METADATA_ONLY:
             with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **kwargs)
-        args, kwargs = tree_map(_materialized, (args, kwargs))
-        return func(*args, **kwargs)
+                return func(*args, **(kwargs or {}))
+        return _on_values(func, args, kwargs)
 
     @classmethod
     def __torch_dispatch__(  # type: ignore[override]
@@ -97,12 +95,16 @@ class DequantizedView(torch.Tensor):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        kwargs = kwargs or {}
         if func is torch.ops.aten.detach.default:
             (view,) = args
             return DequantizedView(view.shape, view.dtype, view.device, view.materialize)
-        args, kwargs = tree_map(_materialized, (args, kwargs))
-        return func(*args, **kwargs)
+        return _on_values(func, args, kwargs)
+
+
+def _on_values(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+    """``func`` called with every view among its arguments replaced by its values."""
+    args, kwargs = tree_map(_materialized, (args, kwargs or {}))
+    return func(*args, **kwargs)
 
 
 def _materialized(value: Any) -> Any:
