@@ -171,9 +171,10 @@ def test_the_width_self_test_agrees_with_the_cpu_choice() -> None:
         )
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
+@pytest.mark.parametrize("tokens", [130, 600])  # 600 x 300 sums outgrow one chunk
+def test_results_do_not_depend_on_the_thread_count(tokens: int) -> None:
     kernel, *_ = _layer(300, 1000, symmetric=False)
-    x = _inputs(130, 1000)
+    x = _inputs(tokens, 1000)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -183,6 +184,27 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_long_call_in_chunks_equals_short_calls(activation: str | None, symmetric: bool) -> None:
+    """900 tokens of 400 outputs go through in chunks of rows (their int32 sums exceed 256 KiB);
+    calls of 50 tokens take the whole-call path. Both give the same bits."""
+    _, weight, scale, bias = _layer(400, 256, symmetric)
+    spec = quantcore.plugin.WeightSpec(Granularity.PER_CHANNEL, symmetric=True, axis=0)
+    request = KernelRequest(
+        "linear",
+        quantcore.plugin.QuantizedWeight("int8", weight, scale=scale, spec=spec),
+        bias,
+        ActivationSpec(Granularity.PER_TOKEN, symmetric=symmetric),
+        CPU,
+        {} if activation is None else {"fused_activation": activation},
+    )
+    kernel = kernels_native.NativeInt8Linear(request)
+    x = _inputs(900, 256)
+    whole = kernel(x)
+    assert torch.equal(whole, torch.cat([kernel(part) for part in x.split(50)]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "native_linear.h"
+#include "quantize_rows.h"
 
 namespace quantcore_native {
 
@@ -33,6 +34,10 @@ class Int8Linear final : public NativeLinear {
 
   struct Rows;
   Rows quantize(const float* x, int64_t tokens) const;
+  // Rows [begin, end) start to finish on the calling thread: quantized into u and params (the
+  // whole call's buffers), multiplied, rescaled and activated in y.
+  void run_rows(const float* x, int64_t begin, int64_t end, const float* bias, float* y,
+                Activation act, uint8_t* u, RowParams* params) const;
 };
 
 // Whether this CPU runs fbgemm's GEMMs at all.
