@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +24,10 @@ import torch
 from torch import nn
 
 import quantcore
-from benchmarks.layers import int8_peak
+from benchmarks.layers import best_times, int8_peak
 from benchmarks.run import machine
 
 SHAPES = [(128, 768, 768), (512, 768, 768), (128, 1024, 4096), (128, 4096, 1024), (128, 4096, 4096)]
-
-
-def _best(fn: Callable[[], object], rounds: int, calls: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             calls = max(1, int(2e9 / (m * k * n)))
             with torch.inference_mode():
                 bare = native.bare_gemm_seconds(m, k, n, args.rounds, calls)
-                int8 = _best(lambda: ours(x), args.rounds, calls)  # noqa: B023
-                ao = _best(lambda: theirs(x), args.rounds, calls)  # noqa: B023
+                best = best_times(
+                    {"int8": lambda: ours(x), "ao": lambda: theirs(x)},  # noqa: B023
+                    calls,
+                    args.rounds,
+                )
+                int8, ao = best["int8"], best["ao"]
         share = None if peak is None else m * k * n / bare / 1e9 / peak["GMAC/s per core"]
         row = {"shape": f"{m}x{k}->{n}", "bare us": bare * 1e6, "bare of peak": share}
         row |= {"int8 us": int8 * 1e6, "int8 / bare": int8 / bare}

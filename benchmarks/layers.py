@@ -153,7 +153,8 @@ def _variants(case: Case) -> dict[str, nn.Module]:
     return variants
 
 
-def _best_times(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
+def best_times(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
+    """Seconds per call of each function: the best round, the functions taken in turn each round."""
     for fn in fns.values():  # warm-up: lazy packing, allocator, caches
         fn()
     best = dict.fromkeys(fns, float("inf"))
@@ -173,7 +174,7 @@ def bench_case(case: Case, rounds: int, peak: float | None = None) -> dict[str, 
         warnings.simplefilter("ignore")
         outputs = {name: case.run(m) for name, m in variants.items()}
         calls = max(1, min(2000, int(2e7 / max(case.work, 1.0))))
-        times = _best_times(
+        times = best_times(
             {name: (lambda m=m: case.run(m)) for name, m in variants.items()}, calls, rounds
         )
     row: dict[str, Any] = {"kind": case.kind, "case": case.name, "fp32 us": times["fp32"] * 1e6}

@@ -33,10 +33,6 @@ constexpr int64_t kChunkRows = 128;
 
 }  // namespace
 
-struct Int8Linear::Rows {
-  std::vector<uint8_t> u;
-  std::vector<RowParams> params;
-};
 
 bool cpu_supported() { return fbgemm::fbgemmSupportedCPU(); }
 
@@ -69,38 +65,30 @@ Int8Linear::Int8Linear(const at::Tensor& weight, const at::Tensor& scales, int64
   });
 }
 
-Int8Linear::Rows Int8Linear::quantize(const float* x, int64_t tokens) const {
-  Rows rows{std::vector<uint8_t>(static_cast<size_t>(tokens * in_)),
-            std::vector<RowParams>(static_cast<size_t>(tokens))};
-  uint8_t* u = rows.u.data();
-  at::parallel_for(0, tokens, row_grain(in_), [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      rows.params[m] = symmetric_
-                           ? quantize_row_symmetric(x + m * in_, in_, qmax_, u + m * in_)
-                           : quantize_row_asymmetric(x + m * in_, in_, steps_, u + m * in_);
-    }
-  });
-  return rows;
-}
-
-void Int8Linear::run_rows(const float* x, int64_t begin, int64_t end, const float* bias, float* y,
-                          Activation act, uint8_t* u, RowParams* params) const {
+void Int8Linear::quantize_rows(const float* x, int64_t begin, int64_t end, uint8_t* u,
+                               RowParams* params) const {
   for (int64_t m = begin; m < end; ++m) {
     params[m] = symmetric_ ? quantize_row_symmetric(x + m * in_, in_, qmax_, u + m * in_)
                            : quantize_row_asymmetric(x + m * in_, in_, steps_, u + m * in_);
   }
-  auto* acc = reinterpret_cast<int32_t*>(y + begin * out_);
-  fbgemm::PackAMatrix<uint8_t> packed_a(fbgemm::matrix_op_t::NoTranspose, end - begin, in_,
-                                        u + begin * in_, in_, nullptr, 1);
+}
+
+void Int8Linear::multiply(const uint8_t* u, int64_t rows, int32_t* acc, int task, int tasks) const {
+  fbgemm::PackAMatrix<uint8_t> packed_a(fbgemm::matrix_op_t::NoTranspose, rows, in_, u, in_,
+                                        nullptr, 1);
   fbgemm::DoNothing<int32_t, int32_t> done;
   fbgemm::memCopy<> copy(done);
-  fbgemm::fbgemmPacked(packed_a, *packed_, acc, acc, out_, copy, 0, 1);
+  fbgemm::fbgemmPacked(packed_a, *packed_, acc, acc, out_, copy, task, tasks);
+}
+
+void Int8Linear::finish_rows(int64_t begin, int64_t end, const RowParams* params,
+                             const float* bias, float* y, Activation act) const {
   const float* wscale = scales_.data_ptr<float>();
   const int32_t* colsum = colsum_.data_ptr<int32_t>();
+  const auto* acc = reinterpret_cast<const int32_t*>(y);
   for (int64_t m = begin; m < end; ++m) {
-    dequantize_row(reinterpret_cast<int32_t*>(y) + m * out_, out_, params[m], colsum, wscale,
-                   bias, y + m * out_);
-    activation_inplace(act, y + m * out_, out_);
+    dequantize_row(acc + m * out_, out_, params[m], colsum, wscale, bias, y + m * out_);
+    activation_inplace(act, y + m * out_, out_);  // while the row is in cache
   }
 }
 
@@ -108,42 +96,38 @@ void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y
                      Activation act) const {
   if (tokens == 0) return;
   const int threads = at::get_num_threads();
+  std::vector<uint8_t> u(static_cast<size_t>(tokens * in_));
+  std::vector<RowParams> params(static_cast<size_t>(tokens));
+  // fbgemm writes int32 sums into y's memory; finish_rows turns them into floats in place.
+  auto* acc = reinterpret_cast<int32_t*>(y);
   if (tokens * out_ * 4 > kChunkBytes && tokens >= kChunkRows * threads &&
       !at::in_parallel_region()) {
     // one parallel region: each thread its own rows, chunk by chunk
-    std::vector<uint8_t> u(static_cast<size_t>(tokens * in_));
-    std::vector<RowParams> params(static_cast<size_t>(tokens));
     const int64_t chunk = std::max<int64_t>(kChunkRows, kChunkBytes / (out_ * 4));
     const int64_t per_thread = (tokens + threads - 1) / threads;
     at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t first = task * per_thread, last = std::min(tokens, first + per_thread);
         for (int64_t m = first; m < last; m += chunk) {
-          run_rows(x, m, std::min(last, m + chunk), bias, y, act, u.data(), params.data());
+          const int64_t stop = std::min(last, m + chunk);
+          quantize_rows(x, m, stop, u.data(), params.data());
+          multiply(u.data() + m * in_, stop - m, acc + m * out_, 0, 1);
+          finish_rows(m, stop, params.data(), bias, y, act);
         }
       }
     });
     return;
   }
-  const Rows rows = quantize(x, tokens);
-  // fbgemm writes int32 sums into y's memory; the epilogue turns them into floats in place.
-  auto* acc = reinterpret_cast<int32_t*>(y);
+  at::parallel_for(0, tokens, row_grain(in_), [&](int64_t begin, int64_t end) {
+    quantize_rows(x, begin, end, u.data(), params.data());
+  });
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      fbgemm::PackAMatrix<uint8_t> packed_a(fbgemm::matrix_op_t::NoTranspose, tokens, in_,
-                                            rows.u.data(), in_, nullptr, 1);
-      fbgemm::DoNothing<int32_t, int32_t> done;
-      fbgemm::memCopy<> copy(done);
-      fbgemm::fbgemmPacked(packed_a, *packed_, acc, acc, out_, copy, task, threads);
+      multiply(u.data(), tokens, acc, static_cast<int>(task), threads);
     }
   });
-  const float* wscale = scales_.data_ptr<float>();
-  const int32_t* colsum = colsum_.data_ptr<int32_t>();
   at::parallel_for(0, tokens, row_grain(out_), [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      dequantize_row(acc + m * out_, out_, rows.params[m], colsum, wscale, bias, y + m * out_);
-      activation_inplace(act, y + m * out_, out_);  // while the row is in cache
-    }
+    finish_rows(begin, end, params.data(), bias, y, act);
   });
 }
 

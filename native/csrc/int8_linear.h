@@ -32,12 +32,14 @@ class Int8Linear final : public NativeLinear {
   at::Tensor scales_;  // float32 [out]
   at::Tensor colsum_;  // int32 [out]: sum_k w[n, k]
 
-  struct Rows;
-  Rows quantize(const float* x, int64_t tokens) const;
-  // Rows [begin, end) start to finish on the calling thread: quantized into u and params (the
-  // whole call's buffers), multiplied, rescaled and activated in y.
-  void run_rows(const float* x, int64_t begin, int64_t end, const float* bias, float* y,
-                Activation act, uint8_t* u, RowParams* params) const;
+  // The steps of a call, on rows [begin, end) of the call's buffers: u (quantized activations),
+  // params (each row's scale and zero point) and y (int32 sums, then the floats in place).
+  void quantize_rows(const float* x, int64_t begin, int64_t end, uint8_t* u,
+                     RowParams* params) const;
+  // acc[rows, out] = u[rows, in] W^T, as fbgemm task `task` of `tasks`
+  void multiply(const uint8_t* u, int64_t rows, int32_t* acc, int task, int tasks) const;
+  void finish_rows(int64_t begin, int64_t end, const RowParams* params, const float* bias,
+                   float* y, Activation act) const;
 };
 
 // Whether this CPU runs fbgemm's GEMMs at all.
