@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 
 import pytest
 import quantcore_native
@@ -120,6 +121,20 @@ def test_the_native_linear_computes_the_formulas(
     expected = _oracle(x, weight, scale, bias, kernel.bits, symmetric)
     assert got.shape == (tokens, out_features) and got.dtype == torch.float32
     assert _close(got, expected)
+
+
+@pytest.mark.parametrize("tokens", [1, 130])
+def test_a_weight_that_fills_a_huge_page_is_packed_into_one(tokens: int) -> None:
+    """Packed weights of 2 MiB and more go into memory mapped for 2 MiB pages (Linux); smaller
+    ones stay in fbgemm's own. Either way the results and the unpacked weight are exact."""
+    small, small_weight, _, _ = _layer(300, 1000, symmetric=False)
+    assert not small.make_packed(small_weight).on_huge_pages
+    kernel, weight, scale, bias = _layer(2100, 1024, symmetric=False)  # 2.1 MiB packed
+    packed = kernel.make_packed(weight)
+    assert packed.on_huge_pages == sys.platform.startswith("linux")
+    assert torch.equal(packed.unpack(), weight)
+    x = _inputs(tokens, 1024)
+    assert _close(kernel(x), _oracle(x, weight, scale, bias, kernel.bits, False))
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

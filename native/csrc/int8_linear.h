@@ -12,6 +12,12 @@
 
 namespace quantcore_native {
 
+// Releases memory that huge_page_memory mapped.
+struct MappedMemory {
+  size_t bytes = 0;
+  void operator()(void* start) const;
+};
+
 class Int8Linear final : public NativeLinear {
  public:
   // weight: int8 [out, in]; scales: float32 [out]; bits: activation width (2-8); symmetric:
@@ -24,10 +30,14 @@ class Int8Linear final : public NativeLinear {
   // The exact int8 weight back from the packed copy.
   at::Tensor unpack() const;
 
+  // Whether the packed weight lies in memory the OS was asked to back with 2 MiB pages.
+  bool on_huge_pages() const { return packed_memory_ != nullptr; }
+
  private:
   bool symmetric_;
   int32_t qmax_;   // symmetric: q in [-qmax, qmax]
   int32_t steps_;  // asymmetric: u in [0, steps]
+  std::unique_ptr<void, MappedMemory> packed_memory_;  // declared first: outlives packed_
   std::unique_ptr<fbgemm::PackBMatrix<int8_t>> packed_;
   at::Tensor scales_;  // float32 [out]
   at::Tensor colsum_;  // int32 [out]: sum_k w[n, k]

@@ -41,7 +41,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Int8Linear, NativeLinear, std::shared_ptr<Int8Linear>>(m, "Int8Linear")
       .def(py::init<const at::Tensor&, const at::Tensor&, int64_t, bool>(), py::arg("weight"),
            py::arg("scales"), py::arg("bits"), py::arg("symmetric"))
-      .def("unpack", &Int8Linear::unpack, "the exact int8 weight, from the packed copy");
+      .def("unpack", &Int8Linear::unpack, "the exact int8 weight, from the packed copy")
+      .def_property_readonly("on_huge_pages", &Int8Linear::on_huge_pages,
+                             "whether the packed weight lies in memory asked for 2 MiB pages");
   py::class_<Fp16Linear, NativeLinear, std::shared_ptr<Fp16Linear>>(m, "Fp16Linear")
       .def(py::init<const at::Tensor&>(), py::arg("weight"))
       .def("unpack", &Fp16Linear::unpack, "the exact float16 weight, from the packed copy");
