@@ -36,8 +36,8 @@ WEIGHT_QMAX = 127
 F32_TINY = torch.finfo(torch.float32).tiny  # the scale of an all-zero range
 MIN_ACTIVATION_BOUND = 1e-30  # symmetric rows whose largest magnitude is below this give zeros
 # How close (in steps) to k + 0.5 an exact quotient must be for float32 to round it either way:
-# float32 computes q = x * (qmax / bound) or x / scale with a few roundings of 6e-8 each, so at
-# |q| <= 255 its value is off by at most ~6e-5 steps.
+# float32 computes q = x * (qmax / bound) or x * (1 / scale) with a few roundings of 6e-8 each,
+# so at |q| <= 255 its value is off by at most ~6e-5 steps.
 TIE_WINDOW = 1e-4
 # float32 rounding of a kernel's result relative to the size of the terms it sums. Measured at 96
 # input features: 7e-8 for the integer GEMMs (exact int32 sums, then a few float32 roundings),
@@ -290,3 +290,24 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     g, e = got.detach().to(torch.float64), expected.detach().to(torch.float64)
     norm = float(e.norm())
     return float((g - e).norm()) / norm if norm else float(g.abs().max())
+
+
+def reciprocal_rounding_row(features: int, bits: int = 8) -> torch.Tensor:
+    """A float32 row whose asymmetric per-token quantization (``bits`` wide) tells the product
+    ``x * (1 / scale)``, which quantcore rounds, from the quotient ``x / scale``: besides its
+    range ends (-1 and a top picked so that float32 rounds ``1 / scale`` by almost half a unit)
+    it holds values next to rounding boundaries where the two give different integers."""
+    steps = (1 << bits) - 1
+    tops = torch.linspace(1.0, 4.0, 3001)
+    scales = tops / steps - (-1.0 / steps)
+    misfit = (scales.reciprocal().double() * scales.double() - 1).abs()
+    low, high = torch.tensor([-1.0]), tops[int(misfit.argmax())].reshape(1)
+    scale = high / steps - low / steps  # as quantize_activation computes it
+    boundaries = ((torch.arange(-steps, steps, dtype=torch.float64) + 0.5) * scale.double()).float()
+    near = boundaries.view(torch.int32)[:, None] + torch.arange(-64, 65, dtype=torch.int32)
+    values = near.view(torch.float32).flatten()
+    values = values[(values > low) & (values < high)]
+    telling = values[torch.round(values * scale.reciprocal()) != torch.round(values / scale)]
+    assert telling.numel() >= 20, telling.numel()
+    filler = telling.repeat(features // telling.numel() + 1)[: max(features - 2, 0)]
+    return torch.cat([low, high, filler])[:features]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracles import reciprocal_rounding_row
 from quantcore_int8.quantization import (
     dequantize_weight,
     fake_quantize_activation,
@@ -128,3 +129,18 @@ def test_per_token_scales_follow_each_token() -> None:
     assert not torch.allclose(
         per_tensor[0], x[0], rtol=1e-2
     )  # the small token is crushed per tensor
+
+
+def test_asymmetric_activations_round_the_product_by_the_reciprocal() -> None:
+    """round(x * (1 / scale)), as fbgemm and torchao compute it and as the native kernels can
+    afford, not round(x / scale): the row holds values where the two differ."""
+    row = reciprocal_rounding_row(160)[None]
+    spec = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
+    q, scale, zero_point = quantize_activation(row, spec, bits=8)
+    assert zero_point is not None
+
+    def rounded(values: torch.Tensor) -> torch.Tensor:
+        return (torch.round(values) + zero_point).clamp(-128, 127).to(torch.int8)
+
+    assert torch.equal(q, rounded(row * scale.reciprocal()))
+    assert int((q != rounded(row / scale)).sum()) >= 20

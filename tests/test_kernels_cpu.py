@@ -14,7 +14,7 @@ import pytest
 import quantcore_native
 import torch
 from baselines import SIMULATE_ENV_VAR, check_error
-from oracles import relative_error
+from oracles import reciprocal_rounding_row, relative_error
 from quantcore_fp16 import kernels_cpu as fp16_cpu
 from quantcore_int8 import cpu_gemms as int8_gemms
 from quantcore_int8 import kernels_cpu as int8_cpu
@@ -99,6 +99,24 @@ def test_int8_backend_computes_the_reference(
     # Same integers, same scales: only float summation order differs.
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert not torch.equal(expected, torch.nn.functional.linear(x, torch.zeros(48, 96)))
+
+
+@pytest.mark.parametrize("name", INT8_FAST)
+def test_asymmetric_tokens_are_scaled_by_the_reciprocal(
+    plugin_manager: quantcore.QuantcorePluginManager, name: str
+) -> None:
+    """Tokens whose values divided by the scale would round to other integers than multiplied
+    by its reciprocal (the reference's arithmetic): the torch kernels follow the product."""
+    registry = plugin_manager.registry()
+    backend = _backend(registry, name)
+    activation = ActivationSpec(Granularity.PER_TOKEN, symmetric=False)
+    request = _request(registry, in_features=160, activation=activation)
+    _skip_unless_serves(backend, request)
+    row = reciprocal_rounding_row(160, int8_gemms.activation_bits(activation, CPU))
+    x = torch.stack([row, row.roll(37), row.flip(0)])
+    expected = _backend(registry, "int8-linear-reference").prepare(request)(x)
+    got = backend.prepare(request)(x)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_activation_width_follows_the_cpu() -> None:

@@ -13,6 +13,7 @@ import pytest
 import quantcore_native
 import torch
 from conftest import require_native_kernels
+from oracles import reciprocal_rounding_row
 from quantcore_fp16 import kernels_native as fp16_native
 from quantcore_int8 import kernels_native
 from quantcore_int8.cpu_gemms import activation_bits
@@ -34,7 +35,7 @@ def _native_kernels() -> None:
 
 
 def _quantized_tokens(
-    x: torch.Tensor, bits: int, symmetric: bool
+    x: torch.Tensor, bits: int, symmetric: bool, by_division: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token integers, scales and zero points from the formulas (float32, as specified)."""
     qmin, qmax = activation_range(bits, symmetric)
@@ -48,7 +49,8 @@ def _quantized_tokens(
     steps = qmax - qmin
     scale = (high / steps - low / steps).clamp_min(torch.finfo(torch.float32).tiny)
     zero = (qmin - torch.round(low / scale)).clamp(qmin, qmax)
-    return (torch.round(x / scale) + zero).clamp(qmin, qmax), scale, zero
+    scaled = x / scale if by_division else x * scale.reciprocal()
+    return (torch.round(scaled) + zero).clamp(qmin, qmax), scale, zero
 
 
 def _oracle(
@@ -58,9 +60,10 @@ def _oracle(
     bias: torch.Tensor | None,
     bits: int,
     symmetric: bool,
+    by_division: bool = False,
 ) -> torch.Tensor:
     """The linear layer from first principles: dequantize both sides, matmul in float64."""
-    q, scale, zero = _quantized_tokens(x, bits, symmetric)
+    q, scale, zero = _quantized_tokens(x, bits, symmetric, by_division)
     activations = (q.double() - zero.double()) * scale.double()
     w = weight.double() * weight_scale.double().reshape(-1, 1)
     y = activations @ w.T
@@ -135,6 +138,18 @@ def test_a_weight_that_fills_a_huge_page_is_packed_into_one(tokens: int) -> None
     assert torch.equal(packed.unpack(), weight)
     x = _inputs(tokens, 1024)
     assert _close(kernel(x), _oracle(x, weight, scale, bias, kernel.bits, False))
+
+
+def test_asymmetric_tokens_are_scaled_by_the_reciprocal() -> None:
+    """x * (1 / scale), the reference's arithmetic, in the vector code and its scalar tail (160
+    features: two blocks of 64 and 32 more): on rows where dividing instead would round some
+    20 or more values to other integers, the output follows the product."""
+    kernel, weight, scale, bias = _layer(48, 160, symmetric=False)
+    row = reciprocal_rounding_row(160, kernel.bits)
+    x = torch.stack([row, row.roll(37), row.flip(0)])  # the same range: the same scale
+    got = kernel(x)
+    assert _close(got, _oracle(x, weight, scale, bias, kernel.bits, False))
+    assert not _close(got, _oracle(x, weight, scale, bias, kernel.bits, False, by_division=True))
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

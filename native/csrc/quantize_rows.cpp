@@ -81,48 +81,53 @@ Range row_range(const float* x, int64_t k) {
   }
 }
 
-// ------------------------------------------------- u = clamp(round(x op factor) + zero, 0, top)
+// ------------------------------------------------ u = clamp(round(x * factor) + zero, 0, top)
 
-// Divide (asymmetric: x / scale) or multiply (symmetric: x * (qmax / bound)), exactly as the
-// reference does; both then round half to even.
-template <bool kDivide>
+// factor is qmax / bound (symmetric) or 1 / scale (asymmetric), computed as the reference
+// computes it; the product is rounded half to even.
 void to_uint8_scalar(const float* x, int64_t k, int64_t start, float factor, float zero,
                      float top, uint8_t* u) {
   for (int64_t i = start; i < k; ++i) {
-    const float v = kDivide ? x[i] / factor : x[i] * factor;
-    const float q = std::nearbyint(v) + zero;
+    const float q = std::nearbyint(x[i] * factor) + zero;
     u[i] = static_cast<uint8_t>(std::min(std::max(q, 0.0f), top));
   }
 }
 
-template <bool kDivide>
-__attribute__((target("avx512f,avx512bw"))) void to_uint8_avx512(
-    const float* x, int64_t k, float factor, float zero, float top, uint8_t* u) {
-  const __m512 f = _mm512_set1_ps(factor), z = _mm512_set1_ps(zero);
-  const __m512 lo = _mm512_setzero_ps(), hi = _mm512_set1_ps(top);
-  int64_t i = 0;
-  for (; i + 16 <= k; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i);
-    const __m512 scaled = kDivide ? _mm512_div_ps(v, f) : _mm512_mul_ps(v, f);
-    __m512 q = _mm512_roundscale_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, z), lo), hi);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(u + i),
-                     _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(q)));
-  }
-  to_uint8_scalar<kDivide>(x, k, i, factor, zero, top, u);
+// 16 products rounded to int32 and shifted by zero. The clamp to [0, top] follows in the byte
+// packing (signed saturation to int16, unsigned to uint8, then a minimum): the same as clamping
+// first, for these products lie within about 256 of zero (|x| is at most the row's bound).
+__attribute__((target("avx512f,avx512bw"))) inline __m512i products_avx512(const float* p,
+                                                                           __m512 f, __m512i z) {
+  const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(p), f);
+  return _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
 }
 
-template <bool kDivide>
+__attribute__((target("avx512f,avx512bw"))) void to_uint8_avx512(
+    const float* x, int64_t k, float factor, float zero, float top, uint8_t* u) {
+  const __m512 f = _mm512_set1_ps(factor);
+  const __m512i z = _mm512_set1_epi32(static_cast<int32_t>(zero));
+  const __m512i hi = _mm512_set1_epi8(static_cast<char>(static_cast<int>(top)));
+  // the packs interleave 128-bit lanes; this puts the 16 dwords of bytes back in order
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  int64_t i = 0;
+  for (; i + 64 <= k; i += 64) {
+    const __m512i a = products_avx512(x + i, f, z), b = products_avx512(x + i + 16, f, z);
+    const __m512i c = products_avx512(x + i + 32, f, z), d = products_avx512(x + i + 48, f, z);
+    const __m512i bytes =
+        _mm512_packus_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+    _mm512_storeu_si512(u + i, _mm512_permutexvar_epi32(order, _mm512_min_epu8(bytes, hi)));
+  }
+  to_uint8_scalar(x, k, i, factor, zero, top, u);
+}
+
 __attribute__((target("avx2,fma"))) inline __m256i integers_avx2(
     const float* p, __m256 f, __m256 z, __m256 lo, __m256 hi) {
-  const __m256 v = _mm256_loadu_ps(p);
-  const __m256 scaled = kDivide ? _mm256_div_ps(v, f) : _mm256_mul_ps(v, f);
-  __m256 q = _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p), f);
+  __m256 q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), lo), hi);
   return _mm256_cvtps_epi32(q);
 }
 
-template <bool kDivide>
 __attribute__((target("avx2,fma"))) void to_uint8_avx2(
     const float* x, int64_t k, float factor, float zero, float top, uint8_t* u) {
   const __m256 f = _mm256_set1_ps(factor), z = _mm256_set1_ps(zero);
@@ -131,26 +136,25 @@ __attribute__((target("avx2,fma"))) void to_uint8_avx2(
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    const __m256i a = integers_avx2<kDivide>(x + i, f, z, lo, hi);
-    const __m256i b = integers_avx2<kDivide>(x + i + 8, f, z, lo, hi);
-    const __m256i c = integers_avx2<kDivide>(x + i + 16, f, z, lo, hi);
-    const __m256i d = integers_avx2<kDivide>(x + i + 24, f, z, lo, hi);
+    const __m256i a = integers_avx2(x + i, f, z, lo, hi);
+    const __m256i b = integers_avx2(x + i + 8, f, z, lo, hi);
+    const __m256i c = integers_avx2(x + i + 16, f, z, lo, hi);
+    const __m256i d = integers_avx2(x + i + 24, f, z, lo, hi);
     const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
     const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + i), bytes);
   }
-  to_uint8_scalar<kDivide>(x, k, i, factor, zero, top, u);
+  to_uint8_scalar(x, k, i, factor, zero, top, u);
 }
 
-template <bool kDivide>
 void to_uint8(const float* x, int64_t k, float factor, float zero, float top, uint8_t* u) {
   switch (isa()) {
     case Isa::kAvx512:
-      return to_uint8_avx512<kDivide>(x, k, factor, zero, top, u);
+      return to_uint8_avx512(x, k, factor, zero, top, u);
     case Isa::kAvx2:
-      return to_uint8_avx2<kDivide>(x, k, factor, zero, top, u);
+      return to_uint8_avx2(x, k, factor, zero, top, u);
     default:
-      return to_uint8_scalar<kDivide>(x, k, 0, factor, zero, top, u);
+      return to_uint8_scalar(x, k, 0, factor, zero, top, u);
   }
 }
 
@@ -211,7 +215,7 @@ RowParams quantize_row_symmetric(const float* x, int64_t k, int32_t qmax, uint8_
   // the same two roundings here, or a value near a rounding tie could land on the other integer
   const float factor = (1.0f / bound) * static_cast<float>(qmax);
   const float zero = static_cast<float>(qmax + 1);  // u = q + qmax + 1 lies in [1, 2 qmax + 1]
-  to_uint8<false>(x, k, factor, zero, static_cast<float>(2 * qmax + 1), u);
+  to_uint8(x, k, factor, zero, static_cast<float>(2 * qmax + 1), u);
   return RowParams{bound / static_cast<float>(qmax), qmax + 1};
 }
 
@@ -226,7 +230,8 @@ RowParams quantize_row_asymmetric(const float* x, int64_t k, int32_t steps, uint
     return RowParams{kNaN, 0};
   }
   const float zero = std::min(std::max(-std::nearbyint(low / scale), 0.0f), n);
-  to_uint8<true>(x, k, scale, zero, n, u);
+  // the reference multiplies by reciprocal(scale): 1 / scale rounded once, as here
+  to_uint8(x, k, 1.0f / scale, zero, n, u);
   return RowParams{scale, static_cast<int32_t>(zero)};
 }
 

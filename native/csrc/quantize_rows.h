@@ -1,6 +1,6 @@
 // Per-token (per-row) activation quantization, written to give the same integers as
-// quantcore_native.quantization.quantize_activation: float32 arithmetic in the same order, true
-// division, round half to even (std::nearbyint under the default rounding mode).
+// quantcore_int8.quantization.quantize_activation: float32 arithmetic in the same order (the
+// products by a reciprocal computed as the reference computes it), round half to even.
 //
 // The loops are compiled for AVX512, AVX2 and baseline x86-64 (GCC target_clones picks one at load
 // time); no fast-math, so the vector code rounds exactly as the scalar code would.
@@ -22,7 +22,7 @@ struct RowParams {
 RowParams quantize_row_symmetric(const float* x, int64_t k, int32_t qmax, uint8_t* u);
 
 // Asymmetric rows: scale = (high / steps - low / steps) with low <= 0 <= high, zero point
-// clamp(-round(low / scale), 0, steps), u = clamp(round(x / scale) + zero, 0, steps).
+// clamp(-round(low / scale), 0, steps), u = clamp(round(x * (1 / scale)) + zero, 0, steps).
 RowParams quantize_row_asymmetric(const float* x, int64_t k, int32_t steps, uint8_t* u);
 
 // y[n] = (acc[n] - zero * colsum[n]) * (scale * wscale[n]) + bias[n] (bias may be null);

@@ -292,7 +292,7 @@ class _Int8Linear:
         unsigned_zero = torch.round(low.div_(token_scale)).neg_().clamp_(0, steps)
         buffer = self._input_buffer(x2.shape[0])
         out = None if buffer is None else buffer[: x2.shape[0]]
-        unsigned = torch.div(x2, token_scale, out=out).round_().add_(unsigned_zero)
+        unsigned = torch.mul(x2, token_scale.reciprocal(), out=out).round_().add_(unsigned_zero)
         y = self._gemm(unsigned.clamp_(0, steps), buffer, 0).mul_(token_scale)
         y.addcmul_(token_scale.mul_(unsigned_zero), self.weight_sums, value=-1)
         return y if self.bias is None else y.add_(self.bias)

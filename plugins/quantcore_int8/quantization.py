@@ -101,8 +101,10 @@ def quantize_activation(
 
     Per token means one scale per row of the input flattened to [tokens, features]. ``bits``
     (default: the spec's, else 8) is the width actually used; kernels resolve ``spec.bits=None``
-    per device. Symmetric values are ``round(x * (qmax / bound))``, written exactly as the fast
-    kernels compute them, so they agree to the last bit.
+    per device. Symmetric values are ``round(x * (qmax / bound))``, asymmetric ones
+    ``round(x * (1 / scale)) + zero_point``: a multiplication by the float32 reciprocal, as fbgemm
+    and torchao quantize (a division costs the vector kernels several times more). The fast
+    kernels compute the same float32 operations in the same order, so they agree to the last bit.
     """
     width = bits or spec.bits or 8
     xf = x.to(torch.float32)
@@ -124,7 +126,7 @@ def quantize_activation(
     steps = qmax - qmin  # high / n - low / n: the difference overflows near float32's limit
     scale = (high / steps - low / steps).clamp_min(_TINY)
     zero_point = (qmin - torch.round(low / scale)).clamp_(qmin, qmax)
-    q = (torch.round(xf / scale) + zero_point).clamp_(qmin, qmax).to(torch.int8)
+    q = (torch.round(xf * scale.reciprocal()) + zero_point).clamp_(qmin, qmax).to(torch.int8)
     return q, scale, zero_point
 
 

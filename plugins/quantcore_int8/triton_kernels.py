@@ -77,11 +77,11 @@ def _quantize_rows_kernel(
         zero_point = 0.0
         qmin = -127.0
     else:
-        multiplier = 1.0
         # high / 255 - low / 255: the difference itself could overflow near float32's limit
         scale = tl.math.div_rn(tl.max(high, axis=0), 255.0)
         scale = tl.maximum(scale - tl.math.div_rn(tl.min(low, axis=0), 255.0), TINY)
         start = tl.math.div_rn(tl.min(low, axis=0), scale)
+        multiplier = tl.math.div_rn(1.0, scale)  # x * (1 / scale), as the reference computes it
         zero_point = -128.0 - ((start + MAGIC) - MAGIC)
         zero_point = tl.minimum(tl.maximum(zero_point, -128.0), 127.0)
         qmin = -128.0
@@ -90,10 +90,7 @@ def _quantize_rows_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + cols
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-        if SYMMETRIC:  # noqa: SIM108 (a constexpr branch: triton compiles only one side)
-            v = x * multiplier
-        else:
-            v = tl.math.div_rn(x, scale)
+        v = x * multiplier
         v = (v + MAGIC) - MAGIC + zero_point
         v = tl.minimum(tl.maximum(v, qmin), 127.0)
         tl.store(q_ptr + row * stride_qm + offs, v.to(tl.int8), mask=offs < K)
