@@ -16,6 +16,9 @@
 #include <sys/mman.h>
 #endif
 
+#include <memory>
+#include <vector>
+
 #include "quantize_rows.h"
 
 namespace quantcore_native {
@@ -151,7 +154,9 @@ void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y
                      Activation act) const {
   if (tokens == 0) return;
   const int threads = at::get_num_threads();
-  std::vector<uint8_t> u(static_cast<size_t>(tokens * in_));
+  // every byte of u is written before it is read: no zero-filling
+  std::unique_ptr<uint8_t[]> u_buffer(new uint8_t[static_cast<size_t>(tokens * in_)]);
+  uint8_t* u = u_buffer.get();
   std::vector<RowParams> params(static_cast<size_t>(tokens));
   // fbgemm writes int32 sums into y's memory; finish_rows turns them into floats in place.
   auto* acc = reinterpret_cast<int32_t*>(y);
@@ -165,8 +170,8 @@ void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y
         const int64_t first = task * per_thread, last = std::min(tokens, first + per_thread);
         for (int64_t m = first; m < last; m += chunk) {
           const int64_t stop = std::min(last, m + chunk);
-          quantize_rows(x, m, stop, u.data(), params.data());
-          multiply(u.data() + m * in_, stop - m, acc + m * out_, 0, 1);
+          quantize_rows(x, m, stop, u, params.data());
+          multiply(u + m * in_, stop - m, acc + m * out_, 0, 1);
           finish_rows(m, stop, params.data(), bias, y, act);
         }
       }
@@ -174,11 +179,11 @@ void Int8Linear::run(const float* x, int64_t tokens, const float* bias, float* y
     return;
   }
   at::parallel_for(0, tokens, row_grain(in_), [&](int64_t begin, int64_t end) {
-    quantize_rows(x, begin, end, u.data(), params.data());
+    quantize_rows(x, begin, end, u, params.data());
   });
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      multiply(u.data(), tokens, acc, static_cast<int>(task), threads);
+      multiply(u, tokens, acc, static_cast<int>(task), threads);
     }
   });
   at::parallel_for(0, tokens, row_grain(out_), [&](int64_t begin, int64_t end) {
