@@ -5,23 +5,10 @@
 #include <fbgemm/Fbgemm.h>
 #include <torch/extension.h>
 
-#include <sys/mman.h>
-
 #include <chrono>
-#include <cstdint>
 #include <vector>
 
-// As quantcore's Int8Linear packs a weight of 2 MiB or more: into memory asked for 2 MiB pages.
-static int8_t* huge_page_buffer(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (bytes < kHuge) return nullptr;
-  const size_t length = (bytes + 4095) / 4096 * 4096;
-  void* raw = mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const uintptr_t start = (reinterpret_cast<uintptr_t>(raw) + kHuge - 1) & ~(uintptr_t{kHuge} - 1);
-  madvise(reinterpret_cast<void*>(start), length, MADV_HUGEPAGE);
-  return reinterpret_cast<int8_t*>(start);  // never unmapped: one per shape, in a benchmark
-}
+#include "huge_pages.h"  // native/csrc: the weight packed as quantcore packs it
 
 // Best of `rounds` rounds of `calls` GEMMs (m x k times k x n), in seconds per GEMM, one thread.
 double bare_gemm_seconds(int64_t m, int64_t k, int64_t n, int64_t rounds, int64_t calls) {
@@ -29,8 +16,10 @@ double bare_gemm_seconds(int64_t m, int64_t k, int64_t n, int64_t rounds, int64_
   std::vector<int8_t> b(k * n);
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<uint8_t>(i * 7 % 251);
   for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<int8_t>(static_cast<int>(i * 13 % 255) - 127);
-  int8_t* memory = huge_page_buffer(fbgemm::PackBMatrix<int8_t>::packedBufferSize(k, n));
-  fbgemm::PackBMatrix<int8_t> packed_b(fbgemm::matrix_op_t::Transpose, k, n, b.data(), k, memory, 1);
+  const quantcore_native::HugePageMemory memory = quantcore_native::huge_page_memory(
+      static_cast<size_t>(fbgemm::PackBMatrix<int8_t>::packedBufferSize(k, n)));
+  fbgemm::PackBMatrix<int8_t> packed_b(fbgemm::matrix_op_t::Transpose, k, n, b.data(), k,
+                                       static_cast<int8_t*>(memory.get()), 1);
   double best = 1e30;
   for (int64_t round = 0; round < rounds; ++round) {
     const auto start = std::chrono::steady_clock::now();

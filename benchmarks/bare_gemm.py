@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     logging.getLogger("quantcore").setLevel(logging.ERROR)
-    native = load("quantcore_bare_gemm", [str(Path(__file__).with_name("bare_gemm.cpp"))])
+    csrc = Path(__file__).parents[1] / "native" / "csrc"
+    sources = [str(Path(__file__).with_name("bare_gemm.cpp")), str(csrc / "huge_pages.cpp")]
+    native = load("quantcore_bare_gemm", sources, extra_include_paths=[str(csrc)])
     peak = int8_peak()
     print(json.dumps(machine() | {"int8 peak": peak}))
     header = f"{'m x k -> n':22} {'bare us':>9} {'peak':>5} | {'int8 us':>9} {'/bare':>6} | {'ao us':>9} {'/bare':>6} | {'int8/ao':>7}"

@@ -7,16 +7,11 @@
 
 #include <memory>
 
+#include "huge_pages.h"
 #include "native_linear.h"
 #include "quantize_rows.h"
 
 namespace quantcore_native {
-
-// Releases memory that huge_page_memory mapped.
-struct MappedMemory {
-  size_t bytes = 0;
-  void operator()(void* start) const;
-};
 
 class Int8Linear final : public NativeLinear {
  public:
@@ -37,7 +32,7 @@ class Int8Linear final : public NativeLinear {
   bool symmetric_;
   int32_t qmax_;   // symmetric: q in [-qmax, qmax]
   int32_t steps_;  // asymmetric: u in [0, steps]
-  std::unique_ptr<void, MappedMemory> packed_memory_;  // declared first: outlives packed_
+  HugePageMemory packed_memory_;  // declared first: outlives packed_
   std::unique_ptr<fbgemm::PackBMatrix<int8_t>> packed_;
   at::Tensor scales_;  // float32 [out]
   at::Tensor colsum_;  // int32 [out]: sum_k w[n, k]
