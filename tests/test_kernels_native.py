@@ -6,7 +6,9 @@ built; `QUANTCORE_REQUIRE_NATIVE=1` (set by CI) turns that skip into a failure."
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -346,6 +348,56 @@ def test_the_disable_variable_turns_the_native_kernels_off(monkeypatch: pytest.M
     assert "QUANTCORE_DISABLE_NATIVE is set" in (quantcore_native._check() or "")
     monkeypatch.setenv(quantcore_native.DISABLE_VARIABLE, "0")
     assert quantcore_native._check() is None
+
+
+def _cpu_has(isa: str) -> bool:
+    if isa == "scalar":
+        return True
+    flags = ("avx2", "fma") if isa == "avx2" else ("avx512f", "avx512bw")
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return all(f" {flag}" in text for flag in flags)
+
+
+def test_the_vector_code_is_the_widest_the_cpu_has_or_the_cap() -> None:
+    cap = os.environ.get(quantcore_native.MAX_ISA_VARIABLE)
+    widest = next(isa for isa in ("avx512", "avx2", "scalar") if _cpu_has(isa))
+    expected = cap if cap == "scalar" or (cap == "avx2" and widest == "avx512") else widest
+    assert quantcore_native.vector_isa() == expected
+
+
+def test_an_unknown_cap_is_named_in_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(quantcore_native.MAX_ISA_VARIABLE, "avx1024")
+    with caplog.at_level("WARNING", logger="quantcore"):
+        assert quantcore_native.unavailable_reason.__wrapped__() is None
+    assert "QUANTCORE_NATIVE_MAX_ISA='avx1024' is ignored" in caplog.text
+    assert "avx2, scalar" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cap", ["avx2", "scalar"])
+def test_the_narrower_vector_code_passes_the_native_tests(cap: str) -> None:
+    """The AVX2 and scalar twins of the vector code (quantization, epilogue, activations, gate
+    math) run only where the CPU lacks the wider set; capping the choice runs this file and the
+    fusion tests on them, in a process of their own (the choice is made once per process)."""
+    if os.environ.get(quantcore_native.MAX_ISA_VARIABLE):
+        pytest.skip("already running under a cap")
+    if not _cpu_has(cap):
+        pytest.skip(f"this CPU has no {cap}")
+    here = Path(__file__).parent
+    env = os.environ | {quantcore_native.MAX_ISA_VARIABLE: cap}
+    files = [str(here / "test_kernels_native.py"), str(here / "test_fusion.py")]
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *files],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=here.parent,
+    )
+    assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
+    assert " passed" in ran.stdout
 
 
 # ---------------------------------------------------------------------- the fp16 linear

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "cpu_isa.h"
 #include "embedding.h"
 #include "fp16_linear.h"
 #include "int8_linear.h"
@@ -34,6 +35,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("torch_version", &torch_version, "the torch version this extension was built against");
   m.def("cpu_supported", &cpu_supported, "whether fbgemm runs on this CPU");
   m.def("fp16_supported", &fp16_supported, "whether this torch has fbgemm's fp16 packing");
+  m.def("vector_isa", &isa_name,
+        "the vector code the kernels run: avx512, avx2 or scalar (QUANTCORE_NATIVE_MAX_ISA caps it)");
 
   py::class_<NativeLinear, std::shared_ptr<NativeLinear>>(m, "NativeLinear")
       .def_property_readonly("in_features", &NativeLinear::in_features)

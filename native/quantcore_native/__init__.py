@@ -4,7 +4,10 @@ A C++ extension (``quantcore_native._C``, built from ``native/csrc`` at install 
 installed torch) around fbgemm's GEMMs: an int8 linear that quantizes its activations per token,
 a float16-weight linear, and whole LSTM/GRU/RNN sequences over either. It is optional: where it
 is not built, does not load, or is switched off (``QUANTCORE_DISABLE_NATIVE=1``), the plugins'
-pure-torch kernels run, and :func:`unavailable_reason` says why.
+pure-torch kernels run, and :func:`unavailable_reason` says why. Their vector code (AVX512,
+AVX2 or scalar) is chosen for the CPU at run time; ``QUANTCORE_NATIVE_MAX_ISA=avx2`` or ``=scalar``
+caps it, which runs the narrower paths on a wider CPU (tests, benchmarks); :func:`vector_isa`
+says which runs.
 
 This package is a kernel library, not a plugin: it registers nothing. It gives plugins
 :class:`LinearKernel` (what a packed native linear layer shares across weight formats) and
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATION_CODES",
     "DISABLE_VARIABLE",
+    "MAX_ISA_VARIABLE",
     "EmbeddingBagKernel",
     "EmbeddingKernel",
     "LinearKernel",
@@ -46,6 +50,7 @@ __all__ = [
     "supports_recurrent",
     "supports_table",
     "unavailable_reason",
+    "vector_isa",
 ]
 
 _log = logging.getLogger("quantcore")
@@ -56,6 +61,9 @@ ACTIVATION_CODES: Mapping[str, int] = {"relu": 1, "gelu": 2, "gelu_tanh": 3, "si
 
 # Set to 1 to run without the native kernels (the pure-torch ones take over), e.g. to compare them.
 DISABLE_VARIABLE = "QUANTCORE_DISABLE_NATIVE"
+# Set to avx2 or scalar to cap the vector code the kernels choose (read once, at the first call).
+MAX_ISA_VARIABLE = "QUANTCORE_NATIVE_MAX_ISA"
+MAX_ISA_VALUES = ("avx2", "scalar")
 _REBUILD = (
     "reinstall quantcore into an environment that has torch and a C++ compiler with "
     "`pip install --no-build-isolation quantcore` (or run `make demo` in a clone)"
@@ -68,6 +76,14 @@ def unavailable_reason() -> str | None:
     reason = _check()
     if reason is not None:
         _log.info("quantcore: native CPU kernels are off: %s", reason)
+    cap = os.environ.get(MAX_ISA_VARIABLE, "")
+    if cap and cap not in MAX_ISA_VALUES:
+        _log.warning(
+            "quantcore: %s=%r is ignored; set it to one of %s",
+            MAX_ISA_VARIABLE,
+            cap,
+            ", ".join(MAX_ISA_VALUES),
+        )
     return reason
 
 
@@ -89,6 +105,15 @@ def _check() -> str | None:
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def vector_isa() -> str | None:
+    """The vector code the native kernels run here (avx512, avx2 or scalar); None where they
+    do not run."""
+    if not available():
+        return None
+    name: str = extension().vector_isa()
+    return name
 
 
 def extension() -> Any:
