@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import quantcore
+from benchmarks.isa import add_isa_option, rerun_capped_if_asked
 from benchmarks.run import machine, relative_error, time_round_robin
 
 LAYERS = 2
@@ -112,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", default="", help="comma-separated names")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    add_isa_option(parser)
     args = parser.parse_args(argv)
+    rerun_capped_if_asked(args.isa, "benchmarks.architectures", argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("quantcore").setLevel(logging.ERROR)  # layers kept float are expected
     architectures = _architectures()

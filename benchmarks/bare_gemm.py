@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import quantcore
+from benchmarks.isa import add_isa_option, rerun_capped_if_asked
 from benchmarks.layers import best_times, int8_peak
 from benchmarks.run import machine
 
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    add_isa_option(parser)
     args = parser.parse_args(argv)
+    rerun_capped_if_asked(args.isa, "benchmarks.bare_gemm", argv)
     from torch.ao.quantization import quantize_dynamic
     from torch.utils.cpp_extension import load
 

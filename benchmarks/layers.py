@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import quantcore
+from benchmarks.isa import add_isa_option, capped, rerun_capped_if_asked
 from benchmarks.run import machine, relative_error
 
 LINEAR_SHAPES = [(256, 256), (768, 768), (1024, 4096), (4096, 1024), (4096, 4096)]
@@ -122,7 +123,10 @@ def int8_peak() -> dict[str, Any] | None:
         built = subprocess.run([compiler, "-O2", str(source), "-o", binary], capture_output=True)
         if built.returncode != 0:
             return None
-        ran = subprocess.run([binary], capture_output=True, text=True)
+        # under --isa avx2, the AVX2 peak: the instructions the capped GEMMs are built from
+        ran = subprocess.run(
+            [binary, *(["avx2"] if capped() else [])], capture_output=True, text=True
+        )
     if ran.returncode != 0:
         return None
     isa, gmacs = ran.stdout.split()
@@ -230,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=("linear", "recurrent", "encoder"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    add_isa_option(parser)
     args = parser.parse_args(argv)
+    rerun_capped_if_asked(args.isa, "benchmarks.layers", argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("quantcore").setLevel(logging.ERROR)
     peak = int8_peak()

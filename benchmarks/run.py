@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 import quantcore
+from benchmarks.isa import add_isa_option, rerun_capped_if_asked
+from benchmarks.isa import capped as isa_capped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -565,6 +567,12 @@ def machine() -> dict[str, str]:
     except ImportError:
         pass
     with contextlib.suppress(ImportError):
+        import quantcore_native
+
+        info["quantcore native vector code"] = str(quantcore_native.vector_isa())
+    if isa_capped():
+        info["isa cap"] = "avx2 (fbgemm, oneDNN, MKL, ATen, quantcore: --isa avx2)"
+    with contextlib.suppress(ImportError):
         import torchao
 
         info["torchao"] = torchao.__version__
@@ -596,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         "is transformers' default)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    add_isa_option(parser)
     args = parser.parse_args(argv)
+    rerun_capped_if_asked(args.isa, "benchmarks.run", argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.decoder_size = args.decoder_size or ("100m" if args.quick else "1b")

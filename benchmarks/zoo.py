@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import quantcore
+from benchmarks.isa import add_isa_option, rerun_capped_if_asked
 from benchmarks.run import machine, relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1.5, help="seconds per model, about")
     parser.add_argument("--only", default="", help="comma-separated zoo entry names")
     parser.add_argument("--json", type=Path, help="also write the rows and summary here")
+    add_isa_option(parser)
     args = parser.parse_args(argv)
+    rerun_capped_if_asked(args.isa, "benchmarks.zoo", argv)
     logging.getLogger("quantcore").setLevel(logging.ERROR)  # layers kept float are expected
     sys.path.insert(0, str(ROOT))
     from tests.zoo import all_zoo

@@ -56,6 +56,27 @@ def test_the_layer_benchmark_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_avx2_cap_reruns_a_benchmark_on_avx2_code(tmp_path: Path) -> None:
+    result = _run(
+        "benchmarks.layers",
+        "--only",
+        "recurrent",
+        "--rounds",
+        "1",
+        "--isa",
+        "avx2",
+        tmp_path=tmp_path,
+    )
+    machine = result["machine"]
+    assert isinstance(machine, dict)
+    assert machine["cpu capability"] == "AVX2" and "isa cap" in machine
+    if machine.get("quantcore native vector code") not in (None, "None"):
+        assert machine["quantcore native vector code"] == "avx2"
+    peak = result["int8 peak"]
+    assert peak is None or (isinstance(peak, dict) and peak["isa"] == "avx2")
+
+
+@pytest.mark.slow
 def test_the_layer_benchmark_reports_a_torch_ao_failure(tmp_path: Path) -> None:
     result = _run("benchmarks.layers", "--only", "encoder", "--rounds", "1", tmp_path=tmp_path)
     rows = result["rows"]
