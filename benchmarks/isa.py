@@ -2,9 +2,9 @@
 
 fbgemm, oneDNN, MKL, ATen and quantcore's native kernels each choose their vector code once per
 process, from their own variable; the option re-runs the command with all five capped to AVX2
-(torch.ao runs on fbgemm, fp32 on MKL and ATen, so both baselines are capped with them). Integer products then saturate as on
-an AVX2 CPU, so INT8 takes 7-bit activations there, as it would. What it cannot reproduce is
-another CPU's clock, caches or memory.
+(torch.ao runs on fbgemm, fp32 on MKL and ATen, so both baselines are capped with them). Integer
+products then saturate as on an AVX2 CPU, so INT8 takes 7-bit activations there, as it would.
+What it cannot reproduce is another CPU's clock, caches or memory.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import argparse
 import os
 import sys
 
+from quantcore_native import MAX_ISA_VARIABLE
+
 AVX2_VARIABLES = {
     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "ATEN_CPU_CAPABILITY": "avx2",
-    "QUANTCORE_NATIVE_MAX_ISA": "avx2",
+    MAX_ISA_VARIABLE: "avx2",
 }
 
 
